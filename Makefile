@@ -1,0 +1,42 @@
+# The two commands of the README: `make run` and `make test`. Each creates .venv when missing
+# and installs the project into it (pip takes torch from local wheels where a machine has them).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+BENCH_JSON_DIR ?= .benchmarks
+
+.PHONY: run test bench bench-compare lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(PY) -m bench run $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# pytest-benchmark suite; JSON saved under $(BENCH_JSON_DIR) for bench-compare.
+bench: $(VENV)/.installed-test
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only --benchmark-autosave \
+		--benchmark-storage=$(BENCH_JSON_DIR) $(PYTEST_ARGS)
+
+bench-compare: $(VENV)/.installed-test
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only --benchmark-storage=$(BENCH_JSON_DIR) \
+		--benchmark-compare --benchmark-compare-fail=median:25% $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check bench codecs tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis .ruff_cache *.egg-info

@@ -1,0 +1,88 @@
+"""The analyses the report shows: dominance, BD-rate, per-class extremes, t-SNE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TSNE_PER_SIDE = 400  # originals and as many reconstructions: 800 points per embedding
+
+
+def dominated_by(points: pd.DataFrame, rate: str = "bytes_mean", quality: str = "psnr_db") -> pd.Series:
+    """For each row, a codec at least as small and at least as good (strictly better in one), or ''."""
+    r, q, names = points[rate].to_numpy(), points[quality].to_numpy(), points["codec"].to_numpy()
+    out = []
+    for i in range(len(points)):
+        better = (r <= r[i]) & (q >= q[i]) & ((r < r[i]) | (q > q[i]))
+        better[i] = False
+        if better.any():
+            # The most convincing witness: the smallest of those that dominate.
+            j = np.flatnonzero(better)[np.argmin(r[better])]
+            out.append(str(names[j]))
+        else:
+            out.append("")
+    return pd.Series(out, index=points.index)
+
+
+def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float:
+    """Bjøntegaard delta rate of B against A in percent (negative: B needs fewer bits).
+
+    log-rate is fitted as a polynomial of PSNR (cubic with 4+ points, lower with fewer) and
+    integrated over the PSNR range both curves cover. NaN when they do not overlap.
+    """
+    a = _curve(rate_a, psnr_a)
+    b = _curve(rate_b, psnr_b)
+    if a is None or b is None:
+        return float("nan")
+    lo, hi = max(a[1].min(), b[1].min()), min(a[1].max(), b[1].max())
+    if not hi > lo:
+        return float("nan")
+    integrals = []
+    for log_rate, psnr in (a, b):
+        deg = min(3, len(psnr) - 1)
+        poly = np.polyint(np.polyfit(psnr, log_rate, deg))
+        integrals.append((np.polyval(poly, hi) - np.polyval(poly, lo)) / (hi - lo))
+    return float((np.exp(integrals[1] - integrals[0]) - 1) * 100)
+
+
+def _curve(rate, psnr):
+    rate, psnr = np.asarray(rate, float), np.asarray(psnr, float)
+    ok = np.isfinite(rate) & np.isfinite(psnr) & (rate > 0)
+    if ok.sum() < 2:
+        return None
+    return np.log(rate[ok]), psnr[ok]
+
+
+def class_extremes(per_class: pd.DataFrame, metric: str = "mse") -> pd.DataFrame:
+    """Per codec, the class with the lowest and the highest mean `metric`."""
+    rows = []
+    for codec, g in per_class.groupby("codec", sort=False):
+        g = g.dropna(subset=[metric])
+        if g.empty or g[metric].nunique() == 1:
+            rows.append({"codec": codec, "best_class": "", "worst_class": ""})
+            continue
+        rows.append({"codec": codec, "best_class": g.loc[g[metric].idxmin(), "class"],
+                     "worst_class": g.loc[g[metric].idxmax(), "class"]})
+    return pd.DataFrame(rows)
+
+
+def tsne_points(originals: np.ndarray, labels: np.ndarray, decoded: dict[str, np.ndarray],
+                seed: int = 0) -> pd.DataFrame:
+    """One 2-D t-SNE per codec of the same originals and their reconstructions."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(originals), min(TSNE_PER_SIDE, len(originals)), replace=False))
+    frames = []
+    for codec, recon in decoded.items():
+        x = np.concatenate([originals[pick], recon[pick]]).reshape(2 * len(pick), -1) / 255.0
+        x = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit_transform(x)
+        xy = TSNE(n_components=2, init="pca", random_state=seed, max_iter=500,
+                  perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+        frames.append(pd.DataFrame({
+            "codec": codec, "kind": ["original"] * len(pick) + ["reconstruction"] * len(pick),
+            "index": np.concatenate([pick, pick]), "label": np.concatenate([labels[pick]] * 2),
+            "x": xy[:, 0], "y": xy[:, 1],
+        }))
+    return pd.concat(frames, ignore_index=True)

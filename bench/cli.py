@@ -1,0 +1,219 @@
+"""`python -m bench {list,run,train,report}`: user mistakes are one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench.codec import BenchError
+
+DEFAULT_CODECS = "ae*,pca*,jpeg,webp,png,zlib"
+SWEEPABLE = ("jpeg", "webp", "jpegxl", "nvjpeg")  # lossy families with a quality parameter
+REPORTS = Path("reports")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=(
+        "Benchmark learned autoencoder codecs against classical image codecs: bytes, quality "
+        "per class, encode/decode speed on CPU and GPU."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,train,report}")
+
+    sub.add_parser("list", help="list every codec: lossless or lossy, devices, parameters")
+
+    def data_args(q):
+        q.add_argument("--dataset", default=None, help="mnist, mnist-5k, fashion-mnist or "
+                       "folder:PATH (default: mnist when its files are present or downloadable, "
+                       "else the offline mnist-5k)")
+        q.add_argument("--data-dir", type=Path, default=None,
+                       help="where IDX files are looked for and downloaded (default: the user "
+                       "data dir, or $BENCH_DATA_DIR)")
+        q.add_argument("--cache-dir", type=Path, default=None,
+                       help="where trained models are cached (default: the user cache dir, or "
+                       "$BENCH_CACHE_DIR)")
+        q.add_argument("--epochs", type=int, default=None,
+                       help="training epochs for the autoencoders (overrides :epochs=)")
+
+    r = sub.add_parser("run", help="measure codecs on a dataset and write a report")
+    r.add_argument("--codecs", default=DEFAULT_CODECS,
+                   help=f"comma-separated specs with wildcards (default: {DEFAULT_CODECS})")
+    r.add_argument("--sweep", default="auto", help="quality sweeps for rate-distortion curves, "
+                   "e.g. 'jpeg:quality=10..95,webp:quality=10/50/90'; 'auto' (default) sweeps "
+                   "quality 10..95 for every lossy classical codec selected; 'none' for none")
+    r.add_argument("--device", default="auto", help="cpu, cuda or cpu,cuda (default auto: cpu, "
+                   "plus cuda when present)")
+    r.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: a new folder under reports/)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    r.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (default 5)")
+    r.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls (default 1)")
+    r.add_argument("--batch", type=int, default=None,
+                   help="images per timed call (default: the whole test split)")
+    r.add_argument("--no-tsne", action="store_true", help="skip the t-SNE analysis")
+    data_args(r)
+
+    t = sub.add_parser("train", help="train and cache autoencoders (run does this on demand)")
+    t.add_argument("--codecs", default="ae*", help="autoencoder specs (default: ae*)")
+    t.add_argument("--device", default="auto", help="cpu or cuda (default auto)")
+    data_args(t)
+
+    rep = sub.add_parser("report", help="re-render report.md and plots from a run folder")
+    rep.add_argument("run_dir", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return {"list": cmd_list, "run": cmd_run, "train": cmd_train,
+                "report": cmd_report}[args.command](args, argv)
+    except BenchError as exc:
+        _log(f"bench: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _log("bench: interrupted; no partial output or checkpoint was left behind")
+        return 130
+
+
+def cmd_list(args, argv) -> int:
+    import warnings
+
+    from bench.registry import default_registry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = default_registry()
+    rows = []
+    for name in reg.names():
+        info = reg.codecs[name]
+        params = " ".join(f"{p.name}={_show(p.default)}" for p in info.params if p.name != "latent")
+        rows.append((name, "lossless" if info.lossless else "lossy", ",".join(info.devices),
+                     params, info.description + ("" if info.origin == "built-in" else f" [{info.origin}]")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    for problem in reg.problems.values():
+        _log(f"warning: {problem}")
+    return 0
+
+
+def _show(v) -> str:
+    return str(int(v)) if isinstance(v, bool) else str(v)
+
+
+def _devices(text: str) -> list[str]:
+    from bench.timing import available_devices
+
+    here = available_devices()
+    if text == "auto":
+        return here
+    wanted = [d.strip() for d in text.split(",") if d.strip()]
+    for d in wanted:
+        if d not in ("cpu", "cuda"):
+            raise BenchError(f"unknown device {d!r} (valid: cpu, cuda, auto)")
+        if d not in here:
+            raise BenchError(f"device {d!r} requested but PyTorch sees no CUDA device here "
+                             f"(available: {', '.join(here)})")
+    if not wanted:
+        raise BenchError("no device given (valid: cpu, cuda, auto)")
+    return wanted
+
+
+def _specs(args):
+    from bench.registry import default_registry, with_param
+
+    specs = default_registry().parse(args.codecs)
+    if args.epochs is not None:
+        specs = [with_param(s, "epochs", args.epochs) for s in specs]
+    return specs
+
+
+def _sweeps(args, specs):
+    from bench.registry import default_registry
+
+    if args.sweep == "none":
+        return []
+    if args.sweep == "auto":
+        families = dict.fromkeys(s.info.name for s in specs if s.info.name in SWEEPABLE)
+        text = ",".join(f"{f}:quality=10..95" for f in families)
+    else:
+        text = args.sweep
+    return default_registry().sweep(text) if text else []
+
+
+def _positive(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise BenchError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def cmd_run(args, argv) -> int:
+    from bench import results
+    from bench.data import load_dataset
+
+    for name, minimum in (("rounds", 1), ("warmup", 0), ("batch", 1), ("epochs", 1)):
+        _positive(name, getattr(args, name), minimum)
+    specs = _specs(args)
+    sweeps = _sweeps(args, specs)
+    devices = _devices(args.device)
+    if args.out is not None:
+        results.check_out_dir(args.out, args.overwrite)
+    start = time.perf_counter()
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if dataset.why:
+        _log(f"dataset: {dataset.why}")
+    from bench.report import render
+    from bench.runner import run
+
+    result = run(specs, dataset, devices, sweeps=sweeps, rounds=args.rounds, warmup=args.warmup,
+                 batch=args.batch, cache_dir=args.cache_dir,
+                 tsne_families=() if args.no_tsne else ("ae",), log=_log)
+    result.meta["command"] = "python -m bench " + shlex.join(argv)
+    result.meta["environment"] = results.environment()
+    result.meta["seconds"] = round(time.perf_counter() - start, 1)
+    out = args.out or results.new_run_dir(REPORTS, dataset.name)
+    results.save(result, out, render=lambda d: render(result, d), overwrite=args.overwrite)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_train(args, argv) -> int:
+    from bench.data import load_dataset
+    from bench.metrics import mse, psnr_from_mse
+
+    _positive("epochs", args.epochs, 1)
+    specs = _specs(args)
+    devices = _devices(args.device)
+    if len(devices) != 1:
+        raise BenchError(f"train runs on one device, got {', '.join(devices)}")
+    trainable = [s for s in specs if dict(s.values).get("epochs") is not None]
+    if not trainable:
+        raise BenchError(f"none of {', '.join(s.canonical for s in specs)} is trained; "
+                         "train takes autoencoder specs such as ae95 or 'ae*'")
+    dataset = load_dataset(args.dataset, args.data_dir)
+    for spec in trainable:
+        codec = spec.build(devices[-1])
+        start = time.perf_counter()
+        codec.fit(dataset.train.images, cache_dir=args.cache_dir, log=_log)
+        took = time.perf_counter() - start
+        test = dataset.test.images
+        psnr = float(psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean()))
+        how = f"trained in {took:.1f} s" if codec.trained_now else "cached"
+        print(f"{spec.canonical}: {how}, final train MSE {codec.losses[-1]:.5f}, "
+              f"test PSNR {psnr:.2f} dB -> {codec.checkpoint}")
+    return 0
+
+
+def cmd_report(args, argv) -> int:
+    from bench import results
+    from bench.report import render
+
+    result = results.load(args.run_dir)
+    print(f"report: {render(result, args.run_dir)}")
+    return 0

@@ -1,0 +1,175 @@
+"""The codec contract: a batch of 8-bit grayscale images in, one byte string per image out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+MAX_SIDE = 1024
+
+
+class BenchError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits with status 2."""
+
+
+class CodecError(BenchError):
+    """Anything a codec refuses: bad parameters, bad images, bad payloads."""
+
+
+class UnknownCodecError(CodecError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ParameterError(CodecError, ValueError):
+    """A spec parameter that is unknown or out of range."""
+
+
+class ImageError(CodecError, ValueError):
+    """Images that no codec can take: wrong dtype, rank, size, or an empty batch."""
+
+
+class PayloadError(CodecError):
+    """A payload that is corrupt, truncated or from another codec."""
+
+
+class Payloads:
+    """Per-image byte strings packed in one buffer with offsets.
+
+    ``payloads[i]`` is image i's self-contained byte string and ``sizes[i]`` its honest cost.
+    Fixed-rate codecs build this from one (N, k) array without a Python object per image.
+    """
+
+    __slots__ = ("buffer", "offsets")
+
+    def __init__(self, buffer: bytes | np.ndarray, offsets: np.ndarray):
+        self.buffer = np.frombuffer(buffer, dtype=np.uint8) if isinstance(buffer, bytes) else buffer
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
+            raise ValueError("offsets must be a 1-D array starting at 0")
+        if self.offsets[-1] != len(self.buffer) or np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must be non-decreasing and end at the buffer length")
+
+    @classmethod
+    def from_list(cls, items: Sequence[bytes]) -> Payloads:
+        sizes = np.fromiter((len(b) for b in items), dtype=np.int64, count=len(items))
+        return cls(b"".join(items), np.concatenate([[0], np.cumsum(sizes)]))
+
+    @classmethod
+    def from_array(cls, rows: np.ndarray) -> Payloads:
+        """Equal-length payloads from an (N, k) uint8 array, zero-copy."""
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        n, k = rows.shape
+        return cls(rows.reshape(-1), np.arange(n + 1, dtype=np.int64) * k)
+
+    @classmethod
+    def coerce(cls, payloads: Payloads | Sequence[bytes]) -> Payloads:
+        if isinstance(payloads, Payloads):
+            return payloads
+        if isinstance(payloads, (bytes, bytearray, str)):
+            raise PayloadError("decode takes a sequence of per-image byte strings, not one bytes")
+        items = list(payloads)
+        for i, item in enumerate(items):
+            if not isinstance(item, (bytes, bytearray, memoryview)):
+                raise PayloadError(f"payload {i} is {type(item).__name__}, expected bytes")
+        return cls.from_list([bytes(b) for b in items])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(len(self)))
+
+    def as_array(self) -> np.ndarray | None:
+        """The (N, k) view when every payload has the same length k, else None."""
+        sizes = self.sizes
+        if len(sizes) == 0 or np.any(sizes != sizes[0]):
+            return None
+        return self.buffer.reshape(len(sizes), int(sizes[0]))
+
+
+@runtime_checkable
+class Codec(Protocol):
+    name: str  # canonical spec string, e.g. "jpeg:quality=50"
+    lossless: bool
+
+    def encode(self, images: np.ndarray) -> Payloads: ...
+
+    def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Param:
+    """One spec parameter: its type, default and valid range, so bad values are named."""
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    help: str = ""
+
+    def valid(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind is bool:
+            return "0 or 1"
+        rng = f"from {self.low} to {self.high}" if self.low is not None else ""
+        return f"{'an integer' if self.kind is int else 'a number'} {rng}".strip()
+
+    def parse(self, codec: str, text: Any) -> Any:
+        bad = ParameterError(
+            f"{codec}: bad value {self.name}={text!r}; {self.name} must be {self.valid()}"
+        )
+        try:
+            if self.kind is bool:
+                value = {"0": False, "1": True, "false": False, "true": True}[str(text).lower()]
+            elif self.kind is int:
+                value = int(str(text))
+            elif self.kind is float:
+                value = float(str(text))
+                if not np.isfinite(value):
+                    raise bad
+            else:
+                value = str(text)
+        except (KeyError, ValueError):
+            raise bad from None
+        if self.choices is not None and value not in self.choices:
+            raise bad
+        if self.low is not None and not (self.low <= value <= self.high):
+            raise bad
+        return value
+
+
+def check_images(images: Any, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Validate an encoder's input before any work starts; returns a C-contiguous uint8 array."""
+    if not isinstance(images, np.ndarray):
+        raise ImageError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        hint = " (contains NaN)" if images.dtype.kind == "f" and np.isnan(images).any() else ""
+        raise ImageError(
+            f"images must be uint8 (8-bit grayscale), got dtype {images.dtype}{hint}; "
+            "convert with np.clip(x * 255, 0, 255).astype(np.uint8) for floats in [0, 1]"
+        )
+    if images.ndim != 3:
+        raise ImageError(f"images must have shape (N, H, W), got rank {images.ndim} {images.shape}")
+    n, h, w = images.shape
+    if n == 0:
+        raise ImageError("empty batch: images has 0 images")
+    if h == 0 or w == 0 or h > max_side or w > max_side:
+        raise ImageError(f"image size {h}x{w} is outside 1x1 .. {max_side}x{max_side}")
+    return np.ascontiguousarray(images)

@@ -1,0 +1,227 @@
+"""Codec names -> factories: spec parsing, wildcards, lazy built-ins and entry-point plugins."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+import numpy as np
+
+from bench.codec import Codec, CodecError, Param, ParameterError, UnknownCodecError
+
+ENTRY_POINT_GROUP = "bench.codecs"
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """What `bench list` shows and how to build the codec; `factory` imports on first use."""
+
+    name: str
+    factory: str | Callable[..., Codec]  # "module:attribute" for lazy built-ins
+    lossless: bool
+    description: str
+    params: tuple[Param, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    origin: str = "built-in"
+    family: str = field(default="", compare=False)  # groups curves in plots, e.g. "ae", "pca"
+
+    def load(self) -> Callable[..., Codec]:
+        if callable(self.factory):
+            return self.factory
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def param(self, key: str) -> Param:
+        for p in self.params:
+            if p.name == key:
+                return p
+        valid = ", ".join(p.name for p in self.params) or "none"
+        raise ParameterError(f"{self.name}: unknown parameter {key!r}; valid parameters: {valid}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    info: CodecInfo
+    values: tuple[tuple[str, Any], ...]  # every parameter, defaults included, sorted by name
+
+    @property
+    def canonical(self) -> str:
+        defaults = {p.name: p.default for p in self.info.params}
+        parts = [f"{k}={_fmt(v)}" for k, v in self.values if v != defaults[k]]
+        return ":".join([self.info.name, *parts])
+
+    def build(self, device: str = "cpu") -> Codec:
+        if device not in self.info.devices:
+            raise CodecError(
+                f"{self.info.name} does not run on {device!r}; it supports "
+                + ", ".join(self.info.devices)
+            )
+        kwargs = dict(self.values)
+        if self.info.devices != ("cpu",):
+            kwargs["device"] = device
+        codec = self.info.load()(**kwargs)
+        codec.name = self.canonical
+        return codec
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class Registry:
+    def __init__(self, builtins: Iterable[CodecInfo], plugins: Iterable[Any] = ()):
+        self.codecs: dict[str, CodecInfo] = {}
+        self.problems: dict[str, str] = {}  # name -> why it is unavailable
+        for info in builtins:
+            self.codecs[info.name] = info
+        for ep in plugins:
+            self._add_plugin(ep)
+
+    def _add_plugin(self, ep: Any) -> None:
+        origin = f"plugin {ep.value}" + (f" ({ep.dist.name})" if getattr(ep, "dist", None) else "")
+        if ep.name in self.codecs:
+            clash = self.codecs.pop(ep.name)
+            self.problems[ep.name] = (
+                f"codec name {ep.name!r} is claimed twice: by {clash.origin} and by {origin}; "
+                "uninstall or rename one of them"
+            )
+            warnings.warn(self.problems[ep.name], stacklevel=2)
+            return
+        if ep.name in self.problems:
+            return
+        try:
+            factory = ep.load()
+            info = CodecInfo(
+                name=ep.name,
+                factory=factory,
+                lossless=bool(factory.lossless),
+                description=str(getattr(factory, "description", "")),
+                params=tuple(getattr(factory, "params", ())),
+                devices=tuple(getattr(factory, "devices", ("cpu",))),
+                origin=origin,
+            )
+        except Exception as exc:  # a broken plugin must not take the others down
+            self.problems[ep.name] = f"codec plugin {ep.name!r} from {origin} failed to load: {exc!r}"
+            warnings.warn(self.problems[ep.name], stacklevel=2)
+            return
+        self.codecs[ep.name] = info
+
+    def names(self) -> list[str]:
+        return sorted(self.codecs)
+
+    def info(self, name: str) -> CodecInfo:
+        if name in self.codecs:
+            return self.codecs[name]
+        if name in self.problems:
+            raise UnknownCodecError(self.problems[name])
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UnknownCodecError(
+            f"unknown codec {name!r}{hint} (valid: {', '.join(self.names())})"
+        )
+
+    def parse(self, text: str) -> list[Spec]:
+        """Comma-separated specs with wildcards -> Specs, in order, without duplicates."""
+        specs: dict[str, Spec] = {}
+        items = [t.strip() for t in text.split(",")]
+        if not any(items):
+            raise CodecError(f"no codecs given (valid: {', '.join(self.names())})")
+        for item in items:
+            if not item:
+                raise CodecError(f"empty codec name in {text!r}")
+            name, *pairs = item.split(":")
+            if any(ch in name for ch in "*?["):
+                names = fnmatch.filter(self.names(), name)
+                if not names:
+                    raise UnknownCodecError(
+                        f"{name!r} matches no codec (valid: {', '.join(self.names())})"
+                    )
+            else:
+                names = [name]
+            for n in names:
+                spec = self.spec(n, pairs)
+                specs.setdefault(spec.canonical, spec)
+        return list(specs.values())
+
+    def spec(self, name: str, pairs: Iterable[str] = ()) -> Spec:
+        info = self.info(name)
+        values = {p.name: p.default for p in info.params}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep:
+                raise ParameterError(f"{name}: parameter {pair!r} is not key=value")
+            values[key] = info.param(key).parse(name, text)
+        return Spec(info, tuple(sorted(values.items())))
+
+
+    def sweep(self, text: str) -> list[Spec]:
+        """`jpeg:quality=10..95` (8 even steps) or `jpeg:quality=10/50/90`, comma-separated."""
+        specs: dict[str, Spec] = {}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            name, *pairs = item.split(":")
+            swept = [p for p in pairs if ".." in p or "/" in p]
+            if len(swept) != 1:
+                raise ParameterError(
+                    f"sweep {item!r} needs exactly one key=LOW..HIGH or key=A/B/C parameter, "
+                    "e.g. jpeg:quality=10..95")
+            key, _, values = swept[0].partition("=")
+            param = self.info(name).param(key)
+            if ".." in values:
+                lo, _, hi = values.partition("..")
+                lo, hi = param.parse(name, lo), param.parse(name, hi)
+                grid = np.linspace(lo, hi, SWEEP_POINTS)
+                values = [int(round(v)) if param.kind is int else float(v) for v in grid]
+            else:
+                values = values.split("/")
+            fixed = [p for p in pairs if p is not swept[0]]
+            for v in dict.fromkeys(map(str, values)):
+                spec = self.spec(name, [*fixed, f"{key}={v}"])
+                specs.setdefault(spec.canonical, spec)
+        return list(specs.values())
+
+
+SWEEP_POINTS = 8
+
+
+def with_param(spec: Spec, key: str, value: Any) -> Spec:
+    """The same codec with one parameter replaced, validated; unchanged if it has no such key."""
+    values = dict(spec.values)
+    if key not in values:
+        return spec
+    values[key] = spec.info.param(key).parse(spec.info.name, value)
+    return Spec(spec.info, tuple(sorted(values.items())))
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    from bench_codecs import BUILTINS
+
+    return Registry(BUILTINS, entry_points(group=ENTRY_POINT_GROUP))
+
+
+def list_codecs() -> list[CodecInfo]:
+    reg = default_registry()
+    return [reg.codecs[n] for n in reg.names()]
+
+
+def parse_specs(text: str) -> list[Spec]:
+    return default_registry().parse(text)
+
+
+def get_codec(spec: str, device: str = "cpu") -> Codec:
+    """Build one codec from a spec such as ``"jpeg:quality=50"``."""
+    specs = parse_specs(spec)
+    if len(specs) != 1:
+        raise CodecError(f"{spec!r} names {len(specs)} codecs; get_codec builds one")
+    return specs[0].build(device)

@@ -1,0 +1,138 @@
+"""Save and load a run: meta.json, CSV tables and samples.npz, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.codec import BenchError
+from bench.runner import RunResult
+
+TABLES = ("summary", "per_image", "throughput", "tsne")
+VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
+             "pillow", "torch", "torchvision", "matplotlib")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment() -> dict:
+    versions = {}
+    for dist in VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    try:
+        import imagecodecs
+
+        for lib in ("jpeg8", "png", "webp", "jpegxl", "zlib"):
+            versions[lib] = getattr(imagecodecs, f"{lib}_version")()
+    except ImportError:
+        pass
+    total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(total_ram / 2**30, 1),
+        "versions": versions,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def new_run_dir(root: Path, dataset: str) -> Path:
+    """A folder under root named by dataset and time that does not exist yet."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset).strip("-")[:40]
+    path = root / f"{safe}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{safe}-{stamp}-{n}"
+    return path
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the output folder would be overwritten by surprise."""
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"--out {out} exists and is not empty; choose a new folder or pass "
+                         "--overwrite to replace it")
+    parent = out.parent if out.parent != Path("") else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise BenchError(f"cannot write into {parent}: permission denied; choose another --out")
+
+
+def save(result: RunResult, out: Path, render=None, overwrite: bool = False) -> Path:
+    """Write everything into a hidden sibling folder, then move it into place in one rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        (tmp / "meta.json").write_text(json.dumps(result.meta, indent=2, default=str) + "\n")
+        for name in TABLES:
+            table = getattr(result, name)
+            if len(table):
+                table.to_csv(tmp / f"{name}.csv", index=False)
+        np.savez_compressed(tmp / "samples.npz", **result.samples)
+        if render is not None:
+            render(tmp)
+        if out.exists() and overwrite:
+            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()  # empty, as check_out_dir made sure
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load(run_dir: Path) -> RunResult:
+    run_dir = Path(run_dir)
+    if not (run_dir / "meta.json").is_file() or not (run_dir / "summary.csv").is_file():
+        raise BenchError(f"{run_dir} is not a bench run folder (no meta.json and summary.csv)")
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        tables = {}
+        for name in TABLES:
+            path = run_dir / f"{name}.csv"
+            tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        with np.load(run_dir / "samples.npz") as npz:
+            samples = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise BenchError(f"{run_dir}: cannot read the saved results ({exc})") from None
+    return RunResult(meta, tables["summary"], tables["per_image"], tables["throughput"],
+                     tables["tsne"], samples)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,171 @@
+"""Codecs x dataset x devices -> tidy tables. No file I/O here: results.py saves, report.py renders."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import metrics
+from bench.data import Dataset
+from bench.registry import Spec
+from bench.timing import device_name, measure
+
+SAMPLE_SEED = 0
+
+
+@dataclass
+class RunResult:
+    meta: dict
+    summary: pd.DataFrame  # one row per codec
+    per_image: pd.DataFrame  # one row per codec and test image
+    throughput: pd.DataFrame  # one row per codec, device and direction
+    tsne: pd.DataFrame = field(default_factory=pd.DataFrame)  # 2-D points, see analysis.tsne
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # "original" and codec -> (C, H, W)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def sample_indices(labels: np.ndarray) -> np.ndarray:
+    """One test image per class, the same ones in every run on the same split."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+
+
+def throughput_batch(images: np.ndarray, batch: int | None) -> np.ndarray:
+    """The test images, tiled or cut to `batch` images."""
+    if not batch or batch == len(images):
+        return images
+    reps = -(-batch // len(images))
+    return np.concatenate([images] * reps)[:batch]
+
+
+def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
+        rounds: int = 5, warmup: int = 1, batch: int | None = None, cache_dir: Path | None = None,
+        tsne_families: tuple[str, ...] = ("ae",), progress: bool = True,
+        log: Callable[[str], None] = _log) -> RunResult:
+    from tqdm import tqdm
+
+    test = dataset.test
+    zero = np.zeros((1, *dataset.shape), np.uint8)
+    timed = throughput_batch(test.images, batch)
+    keep = sample_indices(test.labels)
+    rows, summaries, speed, decoded_for_tsne = [], [], [], {}
+    samples = {"original": test.images[keep]}
+    jobs = [(s, "main") for s in specs] + [(s, "sweep") for s in sweeps if s not in specs]
+    for spec, role in tqdm(jobs, desc="codecs", unit="codec", disable=None if progress else True):
+        info = spec.info
+        supported = [d for d in devices if d in info.devices]
+        if not supported:
+            log(f"skipping {spec.canonical}: it runs on {', '.join(info.devices)}, "
+                f"this run measures {', '.join(devices)}")
+            continue
+        decoded = None
+        for device in supported:
+            codec = spec.build(device)
+            if hasattr(codec, "fit"):
+                fit_kwargs = {"cache_dir": cache_dir, "progress": progress, "log": log}
+                codec.fit(dataset.train.images, **_accepted(codec.fit, fit_kwargs))
+            payloads = codec.encode(test.images)
+            out = codec.decode(payloads)
+            if decoded is None:
+                decoded, sizes = out, payloads.sizes
+                summaries.append(_codec_row(spec, codec, role, zero))
+            if role == "main":
+                enc, _ = measure(lambda c=codec: c.encode(timed), len(timed), rounds, warmup, device)
+                timed_payloads = codec.encode(timed)
+                dec, out_t = measure(lambda c=codec, p=timed_payloads: c.decode(p), len(timed),
+                                     rounds, warmup, device)
+                psnr = float(metrics.psnr_from_mse(metrics.mse(timed, out_t).mean()))
+                for direction, t in (("encode", enc), ("decode", dec)):
+                    speed.append({
+                        "codec": spec.canonical, "device": device, "device_name": device_name(device),
+                        "direction": direction, "batch": len(timed), "rounds": len(t.seconds),
+                        "median_img_s": t.median_img_s, "min_img_s": t.min_img_s,
+                        "max_img_s": t.max_img_s, "psnr_db": psnr,
+                        "precision": "bf16" if getattr(codec, "autocast", False) else "fp32",
+                        "library": getattr(codec, "library", ""),
+                    })
+        frame = metrics.per_image(test.images, decoded, sizes)
+        frame.insert(0, "codec", spec.canonical)
+        frame.insert(1, "role", role)
+        frame.insert(2, "index", np.arange(len(test)))
+        frame.insert(3, "label", test.labels)
+        rows.append(frame)
+        if role == "main":
+            samples[spec.canonical] = decoded[keep]
+            if info.family in tsne_families:
+                decoded_for_tsne[spec.canonical] = decoded
+    if not rows:
+        raise_empty(specs, devices)
+    per_image = pd.concat(rows, ignore_index=True)
+    throughput = pd.DataFrame(speed)
+    summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape)
+    tsne = pd.DataFrame()
+    if decoded_for_tsne:
+        from bench.analysis import tsne_points
+
+        tsne = tsne_points(test.images, test.labels, decoded_for_tsne)
+    meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,
+            "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
+            "image_shape": list(dataset.shape), "train_images": len(dataset.train),
+            "test_images": len(test), "devices": devices, "rounds": rounds, "warmup": warmup,
+            "throughput_batch": len(timed), "codecs": [s.canonical for s in specs],
+            "sweeps": [s.canonical for s in sweeps]}
+    return RunResult(meta, summary, per_image, throughput, tsne, samples)
+
+
+def raise_empty(specs, devices):
+    from bench.codec import CodecError
+
+    raise CodecError(f"nothing to run: none of {', '.join(s.canonical for s in specs)} "
+                     f"runs on {', '.join(devices)}")
+
+
+def _accepted(fn, kwargs: dict) -> dict:
+    """Plugins' fit() may take fewer keywords than the built-ins."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _codec_row(spec: Spec, codec, role: str, zero: np.ndarray) -> dict:
+    latent = dict(spec.values).get("latent")
+    return {
+        "codec": spec.canonical, "family": spec.info.family or spec.info.name, "role": role,
+        "lossless": bool(codec.lossless), "latent": latent,
+        "header_bytes": int(codec.encode(zero).sizes[0]),
+        "side_info_bytes": getattr(codec, "side_info_bytes", 0),
+    }
+
+
+def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
+              shape: tuple[int, int]) -> pd.DataFrame:
+    pixels = shape[0] * shape[1]
+    stats = metrics.aggregate(per_image, ["codec"])
+    out = codecs.merge(stats, on="codec")
+    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / pixels)
+    out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / pixels)
+    if len(throughput):
+        rates = throughput[throughput["device"] == "cpu"].pivot_table(
+            index="codec", columns="direction", values="median_img_s")
+        rates = rates.rename(columns=lambda d: f"{d}_img_s").reset_index()
+        out = out.merge(rates, on="codec", how="left")
+    for col in ("encode_img_s", "decode_img_s"):
+        if col not in out:
+            out[col] = np.nan
+    best = out[out["lossless"] & (out["role"] == "main")]["bytes_mean"].min()
+    saved = best - out["bytes_mean"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        breakeven = np.where(saved > 0, np.ceil(out["side_info_bytes"] / saved), np.inf)
+    out["breakeven_images"] = np.where(out["side_info_bytes"] > 0, breakeven, np.nan)
+    return out

@@ -1,0 +1,75 @@
+"""Throughput: warm-up, then the median of timed rounds; CUDA work is synchronised around each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images: int  # per round (the batch size)
+    seconds: tuple[float, ...]  # one per timed round
+
+    @property
+    def median_img_s(self) -> float:
+        return self.images / float(np.median(self.seconds))
+
+    @property
+    def min_img_s(self) -> float:
+        return self.images / max(self.seconds)
+
+    @property
+    def max_img_s(self) -> float:
+        return self.images / min(self.seconds)
+
+
+def measure(fn: Callable[[], object], images: int, rounds: int = 5, warmup: int = 1,
+            device: str = "cpu") -> tuple[Throughput, object]:
+    """Time `fn` (which must do the whole user-visible job) and return its last result too."""
+    sync = _synchronizer(device)
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    seconds = []
+    for _ in range(max(rounds, 1)):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return Throughput(images, tuple(seconds)), result
+
+
+def _synchronizer(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    from bench.results import cpu_name
+
+    return f"{cpu_name()} ({platform.machine()})"
+
+
+def available_devices() -> list[str]:
+    """cpu, plus cuda when PyTorch sees a GPU (without importing torch when it is not needed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return ["cpu"]
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]

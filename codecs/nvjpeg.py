@@ -1,0 +1,56 @@
+"""JPEG on the GPU through torchvision.io (nvJPEG), batched.
+
+nvJPEG's encoder takes 3-channel images only: each gray image is sent as R=G=B, so the payload
+is a standard colour JPEG (4:2:0 chroma of a flat grey costs a few bytes more than a grayscale
+JPEG); decoding asks nvJPEG for the grayscale (luma) plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bench.codec import CodecError, Payloads, PayloadError, check_images
+
+
+class NvJpeg:
+    lossless = False
+
+    def __init__(self, quality: int = 75, device: str = "cuda"):
+        if not torch.cuda.is_available():
+            raise CodecError("nvjpeg needs a CUDA device; PyTorch sees none here")
+        self.name = "nvjpeg"
+        self.quality, self.device = quality, device
+        import torchvision
+
+        self.library = f"torchvision {torchvision.__version__} nvJPEG"
+
+    def encode(self, images: np.ndarray) -> Payloads:
+        from torchvision.io import encode_jpeg
+
+        images = check_images(images)
+        gpu = torch.from_numpy(images).to(self.device).unsqueeze(1).expand(-1, 3, -1, -1)
+        encoded = encode_jpeg(list(gpu.contiguous()), quality=self.quality)
+        sizes = torch.tensor([len(e) for e in encoded])
+        buffer = torch.cat(encoded).cpu().numpy()
+        return Payloads(buffer, np.concatenate([[0], np.cumsum(sizes.numpy())]))
+
+    def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        payloads = Payloads.coerce(payloads)
+        if len(payloads) == 0:
+            raise PayloadError(f"{self.name}: no payloads to decode")
+        host = torch.from_numpy(payloads.buffer.copy())
+        offsets = payloads.offsets
+        chunks = [host[offsets[i] : offsets[i + 1]] for i in range(len(payloads))]
+        try:
+            decoded = decode_jpeg(chunks, mode=ImageReadMode.GRAY, device=self.device)
+        except RuntimeError as exc:
+            raise PayloadError(f"{self.name}: a payload is not a valid JPEG stream: {exc}") from None
+        shapes = {tuple(d.shape) for d in decoded}
+        if len(shapes) != 1:
+            raise PayloadError(f"{self.name}: payloads decode to different sizes {sorted(shapes)}")
+        return torch.stack(decoded).squeeze(1).cpu().numpy()

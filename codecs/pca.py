@@ -1,0 +1,93 @@
+"""PCA controls: the same latent sizes and one-byte quantization as the autoencoders, linear.
+
+Coefficient i is sent as round(255 * (0.5 + c_i / (2 * SPAN * std_i))), clipped to 0..255: a
+fixed mapping calibrated by each component's standard deviation on the training split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.codec import CodecError, Payloads, PayloadError, check_images
+
+SPAN = 4.0  # standard deviations on each side of zero that the 256 levels cover
+
+
+@dataclass(frozen=True)
+class PCABasis:
+    mean: np.ndarray  # (P,) pixels in [0, 1]
+    components: np.ndarray  # (k, P), orthonormal rows, strongest first
+    std: np.ndarray  # (k,) standard deviation of each coefficient on the training split
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Coefficient units per latent unit: latent u in [0, 1] <-> c = (u - 0.5) * scale."""
+        return 2 * SPAN * self.std
+
+
+def fit_pca(images: np.ndarray, k: int) -> PCABasis:
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    if k > x.shape[1]:
+        raise CodecError(f"PCA with {k} components needs images of at least {k} pixels")
+    mean = x.mean(axis=0)
+    cov = np.cov(x - mean, rowvar=False)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:k]
+    std = np.sqrt(np.maximum(eigval[order], 1e-12))
+    return PCABasis(mean.astype(np.float32), eigvec[:, order].T.astype(np.float32),
+                    std.astype(np.float32))
+
+
+class PCACodec:
+    lossless = False
+
+    def __init__(self, latent: int):
+        self.name = f"pca(latent={latent})"
+        self.latent = latent
+        self.basis: PCABasis | None = None
+        self.shape: tuple[int, int] | None = None
+        self.library = f"numpy {np.__version__}"
+
+    def fit(self, images: np.ndarray, **_) -> PCACodec:
+        images = check_images(images)
+        self.basis, self.shape = fit_pca(images, self.latent), images.shape[1:]
+        return self
+
+    @property
+    def side_info_bytes(self) -> int:
+        b = self._require()
+        return 4 * (b.mean.size + b.components.size + b.std.size)
+
+    def _require(self) -> PCABasis:
+        if self.basis is None:
+            raise CodecError(f"{self.name} is not fitted: call .fit(train_images) first")
+        return self.basis
+
+    def encode(self, images: np.ndarray) -> Payloads:
+        b = self._require()
+        images = check_images(images)
+        if images.shape[1:] != self.shape:
+            raise CodecError(f"{self.name} was fitted on {self.shape[0]}x{self.shape[1]} images, "
+                             f"got {images.shape[1]}x{images.shape[2]}")
+        x = images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 255)
+        c = (x - b.mean) @ b.components.T
+        u = np.rint((c / b.scale + 0.5) * 255)
+        return Payloads.from_array(np.clip(u, 0, 255).astype(np.uint8))
+
+    def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
+        b = self._require()
+        payloads = Payloads.coerce(payloads)
+        if len(payloads) == 0:
+            raise PayloadError(f"{self.name}: no payloads to decode")
+        bad = np.flatnonzero(payloads.sizes != self.latent)
+        if len(bad):
+            i = int(bad[0])
+            raise PayloadError(f"{self.name}: payload {i} has {payloads.sizes[i]} bytes; "
+                               f"its payloads have exactly {self.latent}")
+        u = payloads.as_array().astype(np.float32) * np.float32(1 / 255)
+        x = ((u - 0.5) * b.scale) @ b.components + b.mean
+        out = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+        return out.reshape(len(payloads), *self.shape)

@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+import torch
+
+from bench.codec import CodecError, PayloadError
+from bench.registry import get_codec
+from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec, train_autoencoder
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def train_small(mnist5k):
+    return mnist5k.train.images[:600]
+
+
+@pytest.fixture(scope="module")
+def ae39(train_small, tmp_path_factory):
+    return AutoencoderCodec(39, epochs=2).fit(train_small, tmp_path_factory.mktemp("c"), progress=False)
+
+
+def test_payload_is_exactly_latent_bytes(ae39, digits):
+    payloads = ae39.encode(digits)
+    assert payloads.sizes.tolist() == [39] * len(digits)
+    assert payloads.as_array().shape == (len(digits), 39)
+
+
+def test_decode_of_encode_is_the_models_quantized_forward_pass(ae39, digits):
+    decoded = ae39.decode(ae39.encode(digits))
+    with torch.inference_mode():
+        x = torch.from_numpy(digits).float().div(255).unsqueeze(1)
+        forward = ae39.model(x).mul(255).round().to(torch.uint8).squeeze(1).numpy()
+    assert np.array_equal(decoded, forward)
+
+
+def test_the_family_has_the_published_latent_sizes():
+    sizes = {name: get_codec(name).latent for name in ("ae50", "ae90", "ae95", "ae99")}
+    assert sizes == {"ae50": 392, "ae90": 78, "ae95": 39, "ae99": 8}
+
+
+def test_training_reduces_the_loss(train_small):
+    _, losses = train_autoencoder(train_small, 8, epochs=3, seed=0, progress=False)
+    assert losses[-1] < losses[0] * 0.95
+
+
+def test_training_is_deterministic_on_cpu(train_small):
+    a, _ = train_autoencoder(train_small[:200], 8, epochs=1, seed=3, progress=False)
+    b, _ = train_autoencoder(train_small[:200], 8, epochs=1, seed=3, progress=False)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_starts_from_the_pca_control(train_small):
+    from bench_codecs.pca import PCACodec, fit_pca
+
+    model = Autoencoder(8).eval()
+    model.init_from_pca(fit_pca(train_small, 8))
+    pca = PCACodec(8).fit(train_small)
+    with torch.inference_mode():
+        z = model.encoder(torch.from_numpy(train_small[:50]).float().div(255).unsqueeze(1))
+    latents = z.mul(255).round().to(torch.uint8).numpy()
+    diff = np.abs(latents.astype(int) - pca.encode(train_small[:50]).as_array().astype(int))
+    assert diff.max() <= 1  # float32 rounding at a level boundary, nothing more
+
+
+def test_cache_hit_does_not_retrain(train_small, tmp_path):
+    first = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    assert first.trained_now and first.checkpoint.exists()
+    second = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    assert not second.trained_now
+    for pa, pb in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(pa, pb)
+    other_seed = AutoencoderCodec(8, epochs=1, seed=1).fit(train_small, tmp_path, progress=False)
+    assert other_seed.trained_now  # the key covers everything that changes the weights
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_checkpoint_is_reported_and_retrained(train_small, tmp_path):
+    first = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    first.checkpoint.write_bytes(first.checkpoint.read_bytes()[:100])
+    messages = []
+    again = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False,
+                                              log=messages.append)
+    assert again.trained_now
+    assert len(messages) == 1 and "corrupt or incompatible" in messages[0]
+    assert str(first.checkpoint) in messages[0]
+    AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False, log=messages.append)
+    assert len(messages) == 1  # the rewritten checkpoint loads
+
+
+def test_unwritable_cache_falls_back_with_a_stated_reason(train_small, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    messages = []
+    codec = AutoencoderCodec(8, epochs=1).fit(train_small, blocker / "cache", progress=False,
+                                              log=messages.append)
+    assert codec.model is not None
+    assert len(messages) == 1 and "used for this run only" in messages[0]
+
+
+def test_wrong_payloads_and_images_are_refused(ae39, digits):
+    with pytest.raises(PayloadError, match="payload 1 has 38 bytes; its payloads have exactly 39"):
+        ae39.decode([bytes(39), bytes(38)])
+    with pytest.raises(CodecError, match="trained on 28x28"):
+        ae39.encode(np.zeros((1, 32, 32), np.uint8))
+    with pytest.raises(CodecError, match="not trained"):
+        AutoencoderCodec(39).encode(digits)
+
+
+def test_side_info_is_the_decoders_float32_weights(ae39):
+    width = 32
+    linear = 39 * 784 + 784
+    conv = (39 * width * 49 + width * 49) + (width * width // 2 * 9 + width // 2) \
+        + 4 * (width // 2) + (width // 2 * 9 + 1)  # BatchNorm: weight, bias, running mean, var
+    assert ae39.side_info_bytes == 4 * (linear + conv)
+
+
+@gpu
+def test_cuda_matches_cpu_within_quantization(ae39, digits, train_small, tmp_path):
+    cuda = AutoencoderCodec(39, epochs=2, device="cuda").fit(train_small, ae39.checkpoint.parent,
+                                                             progress=False)
+    assert not cuda.trained_now
+    a = ae39.encode(digits).as_array().astype(int)
+    b = cuda.encode(digits).as_array().astype(int)
+    assert np.abs(a - b).max() <= 1 + 2 * cuda.autocast
+    assert abs(cuda.bf16_psnr_delta) < 1.0

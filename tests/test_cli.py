@@ -1,0 +1,137 @@
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+RUN_CODECS = "jpeg,png,zlib,webp,ae95:epochs=1,pca95"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "small"
+    rc = main(["run", "--codecs", RUN_CODECS, "--dataset", "mnist-5k", "--out", str(out),
+               "--rounds", "2", "--sweep", "jpeg:quality=20/50/90,webp:quality=30/90"])
+    assert rc == 0
+    return out
+
+
+def bench(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          **kwargs)
+
+
+def test_run_writes_tables_with_the_promised_columns(run_dir):
+    summary = pd.read_csv(run_dir / "summary.csv")
+    for col in ("codec", "lossless", "bytes_mean", "header_bytes", "bpp", "compression_pct",
+                "mse", "psnr_db", "ssim", "encode_img_s", "decode_img_s"):
+        assert col in summary.columns, col
+    main_rows = summary[summary["role"] == "main"]
+    assert main_rows["codec"].tolist() == ["jpeg", "png", "zlib", "webp", "ae95:epochs=1", "pca95"]
+    png = main_rows.set_index("codec").loc["png"]
+    assert png["lossless"] and np.isinf(png["psnr_db"])
+    assert png["compression_pct"] == pytest.approx(100 * (1 - png["bytes_mean"] / 784))
+    ae = main_rows.set_index("codec").loc["ae95:epochs=1"]
+    assert ae["bytes_mean"] == 39 and ae["dimension_compression_pct"] == pytest.approx(95.03, 0.01)
+    assert ae["side_info_bytes"] > 0 and ae["breakeven_images"] > 0
+    assert (main_rows["encode_img_s"] > 0).all() and (main_rows["decode_img_s"] > 0).all()
+    per_image = pd.read_csv(run_dir / "per_image.csv")
+    assert len(per_image) == 1000 * len(summary)  # every test image, every codec and sweep point
+    assert set(per_image["label"]) == set(range(10))
+
+
+def test_report_has_every_section_and_per_class_rows(run_dir):
+    text = (run_dir / "report.md").read_text()
+    for heading in ("## Summary", "## Autoencoder against its PCA control", "## Quality per class",
+                    "## Error normalised by ink", "## Compression against error",
+                    "## Rate–distortion", "## BD-rate against jpeg", "## Throughput",
+                    "## Samples", "## t-SNE"):
+        assert heading in text, heading
+    assert "`mnist-5k`" in text and "4,000 train" in text and "1,000 test" in text
+    mse_table = text.split("### MSE")[1].split("###")[0]
+    rows = [line for line in mse_table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 6  # header + one row per codec
+    assert rows[0].count("|") == 1 + 1 + 10 + 2  # codec, ten classes, best, worst
+    # png is 60+ bytes larger than zlib and just as exact: it is dominated, by zlib.
+    summary_rows = [r for r in text.split("## Summary")[1].split("##")[0].splitlines()
+                    if r.startswith("| png ")]
+    assert summary_rows and summary_rows[0].rstrip(" |").endswith("zlib")
+    assert re.search(r"\| webp\s+\|\s+\d+\s+\|\s+[+-]\d+\.\d %", text)  # a BD-rate number
+
+
+def test_plots_are_real_pngs(run_dir):
+    from PIL import Image
+
+    for name in ("per_class_psnr", "ink", "compression_vs_error", "rate_distortion", "samples",
+                 "tsne"):
+        with Image.open(run_dir / "plots" / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 200
+            assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 10  # not blank
+
+
+def test_report_rerenders_from_saved_results_only(run_dir, monkeypatch):
+    before = (run_dir / "report.md").read_text()
+    (run_dir / "report.md").unlink()
+    (run_dir / "plots" / "tsne.png").unlink()
+    import bench.registry
+
+    def no_codecs(*a, **k):
+        raise AssertionError("report must not build codecs")
+
+    monkeypatch.setattr(bench.registry.Spec, "build", no_codecs)
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == before
+    assert (run_dir / "plots" / "tsne.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--codecs", "jpg"], "unknown codec 'jpg'; did you mean jpeg"),
+    (["run", "--codecs", "jpeg:quality=150"], "quality must be an integer from 1 to 100"),
+    (["run", "--codecs", "zlib:level=x"], "level='x'"),
+    (["run", "--codecs", "xyz*"], "'xyz*' matches no codec"),
+    (["run", "--codecs", "jpeg", "--dataset", "folder:/nonexistent/images"], "not a readable folder"),
+    (["run", "--codecs", "jpeg", "--dataset", "minst"], "did you mean mnist"),
+    (["run", "--codecs", "jpeg", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--codecs", "jpeg", "--rounds", "0"], "--rounds must be at least 1"),
+    (["train", "--codecs", "jpeg"], "train takes autoencoder specs"),
+    (["report", "/nonexistent/run"], "is not a bench run folder"),
+])
+def test_user_mistakes_are_one_line_exit_2_and_write_nothing(args, message, tmp_path):
+    proc = bench(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "reports").exists()
+
+
+def test_existing_out_is_not_overwritten(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = bench("run", "--codecs", "png", "--dataset", "mnist-5k", "--out", str(out))
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_list_prints_every_codec_with_kind():
+    proc = bench("list")
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "lossless" in lines["png"] and "lossy" in lines["jpeg"]
+    assert "quality=75" in lines["jpeg"] and "cuda" in lines["ae95"]
+
+
+def test_train_then_run_reuses_the_model(tmp_path):
+    cache = tmp_path / "cache"
+    proc = bench("train", "--codecs", "ae99", "--epochs", "1", "--dataset", "mnist-5k",
+                 "--cache-dir", str(cache))
+    assert proc.returncode == 0, proc.stderr
+    assert "ae99:epochs=1: trained in" in proc.stdout and "test PSNR" in proc.stdout
+    proc = bench("train", "--codecs", "ae99", "--epochs", "1", "--dataset", "mnist-5k",
+                 "--cache-dir", str(cache))
+    assert "ae99:epochs=1: cached" in proc.stdout

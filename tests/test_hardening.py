@@ -1,0 +1,195 @@
+"""Hostile payloads, arbitrary images and interrupted runs: nothing crashes, nothing is lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from bench.codec import CodecError, ImageError
+from bench.registry import get_codec
+
+FUZZ_EXAMPLES = int(os.environ.get("BENCH_FUZZ_EXAMPLES", "2000"))
+CPU_CODECS = ["raw", "jpeg", "png", "webp", "webp-lossless", "jpegxl", "jpegxl-lossless",
+              "zlib", "lzma", "ae95", "pca95"]
+LOSSLESS = ["raw", "png", "webp-lossless", "jpegxl-lossless", "zlib", "lzma"]
+# Formats in which every byte string of the right length is a valid payload.
+ANY_BYTES_VALID = {"raw": 784, "ae95": 39, "pca95": 39}
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def fitted(mnist5k, tmp_path_factory):
+    """Every CPU codec, fitted where it learns, and a few valid payloads of each."""
+    cache = tmp_path_factory.mktemp("fuzz-cache")
+    train = mnist5k.train.images[:500]
+    sample = mnist5k.test.images[:4]
+    codecs, payloads = {}, {}
+    for name in CPU_CODECS:
+        codec = get_codec(name if name != "ae95" else "ae95:epochs=1")
+        if hasattr(codec, "fit"):
+            kwargs = {"cache_dir": cache, "progress": False} if name == "ae95" else {}
+            codec.fit(train if name != "raw" else sample, **kwargs)
+        codecs[name] = codec
+        payloads[name] = list(codec.encode(sample))
+    return codecs, payloads
+
+
+@st.composite
+def hostile(draw, own: list[bytes], others: list[bytes]):
+    kind = draw(st.sampled_from(["random", "truncated", "bitflip", "empty", "foreign", "extended"]))
+    if kind == "random":
+        return draw(st.binary(min_size=0, max_size=2048))
+    if kind == "empty":
+        return b""
+    if kind == "foreign":
+        return draw(st.sampled_from(others))
+    valid = draw(st.sampled_from(own))
+    if kind == "truncated":
+        return valid[: draw(st.integers(0, max(len(valid) - 1, 0)))]
+    if kind == "extended":
+        return valid + draw(st.binary(min_size=1, max_size=64))
+    data = bytearray(valid)
+    for _ in range(draw(st.integers(1, 8))):
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] ^= 1 << draw(st.integers(0, 7))
+    return bytes(data)
+
+
+def check_outcome(codec, name, payload):
+    try:
+        out = codec.decode([payload])
+    except CodecError as exc:
+        assert str(exc), "a CodecError must say what is wrong"
+        return "error"
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 3
+    assert out.shape[0] == 1 and 0 < out.shape[1] <= 1024 and 0 < out.shape[2] <= 1024
+    if name in ANY_BYTES_VALID:
+        assert len(payload) == ANY_BYTES_VALID[name]
+    return "decoded"
+
+
+@pytest.mark.parametrize("name", CPU_CODECS)
+def test_decode_survives_hostile_payloads(name, fitted):
+    codecs, payloads = fitted
+    codec = codecs[name]
+    others = [p for other, ps in payloads.items() if other != name for p in ps]
+    seen = {"error": 0, "decoded": 0}
+
+    @FUZZ
+    @given(payload=hostile(payloads[name], others))
+    def fuzz(payload):
+        seen[check_outcome(codec, name, payload)] += 1
+
+    fuzz()
+    assert seen["error"] + seen["decoded"] >= min(FUZZ_EXAMPLES, 100)
+    print(f"{name}: {seen}")
+
+
+@pytest.mark.parametrize("name", LOSSLESS)
+@settings(max_examples=60, deadline=None)
+@given(images=st.one_of(
+    arrays(np.uint8, st.tuples(st.integers(1, 3), st.integers(1, 64), st.integers(1, 64))),
+    st.builds(lambda v, h, w: np.full((2, h, w), v, np.uint8),
+              st.sampled_from([0, 255]), st.integers(1, 64), st.integers(1, 64)),
+))
+def test_lossless_round_trip_of_arbitrary_images(name, images):
+    codec = get_codec(name)
+    if name == "raw":
+        codec.fit(images)
+    decoded = codec.decode(codec.encode(images))
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, images)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "webp", "jpegxl", "ae95", "pca95"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(images=arrays(np.uint8, st.tuples(st.integers(1, 4), st.just(28), st.just(28))))
+def test_lossy_returns_the_right_shape_for_arbitrary_images(name, images, fitted):
+    codec = fitted[0][name]
+    decoded = codec.decode(codec.encode(images))
+    assert decoded.shape == images.shape and decoded.dtype == np.uint8
+
+
+BAD_IMAGES = [
+    (np.zeros((2, 28, 28), np.int16), "must be uint8"),
+    (np.full((2, 28, 28), np.nan, np.float32), "contains NaN"),
+    (np.zeros((2, 28, 28, 3), np.uint8), "rank 4"),
+    (np.zeros((0, 28, 28), np.uint8), "empty batch"),
+    (np.zeros((1, 1025, 8), np.uint8), "1025x8"),
+]
+
+
+@pytest.mark.parametrize("name", CPU_CODECS)
+@pytest.mark.parametrize("images, message", BAD_IMAGES)
+def test_bad_images_are_named_before_any_work(name, images, message, fitted):
+    with pytest.raises(ImageError, match=message):
+        fitted[0][name].encode(images)
+
+
+def test_full_cache_disk_is_a_stated_fallback(mnist5k, tmp_path, monkeypatch):
+    import bench_codecs.autoencoder as ae
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ae, "atomic_torch_save", full)
+    messages = []
+    codec = ae.AutoencoderCodec(8, epochs=1).fit(mnist5k.train.images[:200], tmp_path,
+                                                 progress=False, log=messages.append)
+    assert codec.model is not None
+    assert "No space left on device" in messages[0] and "this run only" in messages[0]
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"finished before it could be interrupted: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("timed out waiting")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_nothing_half_written_and_rerun_reuses_models(sig, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = ["run", "--codecs", "ae99:epochs=1,ae95:epochs=40,png", "--dataset", "mnist-5k",
+            "--cache-dir", str(cache), "--out", str(out), "--rounds", "1", "--no-tsne"]
+    proc = _start(args, tmp_path)
+    # ae99 finishes training first; interrupt while ae95 trains.
+    _wait_for(lambda: any(cache.glob("ae8-*.pt")), proc)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert [p.name for p in cache.glob("*.pt")] == [next(cache.glob("ae8-*.pt")).name]
+    finished = next(cache.glob("ae8-*.pt"))
+    mtime = finished.stat().st_mtime_ns
+    if sig == signal.SIGINT:
+        assert not list(cache.glob(".*.tmp")) and not list(tmp_path.glob(".out.partial-*"))
+
+    args[2] = "ae99:epochs=1,ae95:epochs=1,png"  # rerun, shorter, with the finished model
+    rerun = _start(args, tmp_path)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert (out / "report.md").is_file() and (out / "summary.csv").is_file()
+    assert finished.stat().st_mtime_ns == mtime  # reused, not retrained

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from bench.codec import CodecError, PayloadError
+from bench.metrics import mse
+from bench.registry import get_codec
+from bench_codecs.pca import SPAN, fit_pca
+
+
+def test_payload_is_latent_bytes_and_quantization_costs_little(mnist5k):
+    codec = get_codec("pca95").fit(mnist5k.train.images)
+    test = mnist5k.test.images
+    payloads = codec.encode(test)
+    assert payloads.sizes.tolist() == [39] * len(test)
+    quantized = mse(test, codec.decode(payloads)).mean()
+    b = codec.basis
+    x = test.reshape(len(test), -1) / 255.0
+    exact = ((x - b.mean) @ b.components.T @ b.components + b.mean)
+    exact = np.clip(np.rint(exact * 255), 0, 255).reshape(test.shape).astype(np.uint8)
+    # One byte per coefficient over +-4 std: under 3 % more error than unquantized PCA.
+    assert quantized <= mse(test, exact).mean() * 1.03
+
+
+def test_components_are_orthonormal_and_ordered(mnist5k):
+    b = fit_pca(mnist5k.train.images, 78)
+    np.testing.assert_allclose(b.components @ b.components.T, np.eye(78), atol=1e-5)
+    assert np.all(np.diff(b.std) <= 0)
+    assert np.allclose(b.scale, 2 * SPAN * b.std)
+
+
+def test_more_components_less_error(mnist5k):
+    test = mnist5k.test.images[:300]
+    errors = []
+    for name in ("pca99", "pca95", "pca90", "pca50"):
+        codec = get_codec(name).fit(mnist5k.train.images)
+        errors.append(mse(test, codec.decode(codec.encode(test))).mean())
+    assert errors == sorted(errors, reverse=True)
+
+
+def test_unfitted_and_wrong_payloads_are_refused(digits):
+    with pytest.raises(CodecError, match="not fitted"):
+        get_codec("pca95").encode(digits)
+    codec = get_codec("pca99").fit(digits)
+    with pytest.raises(PayloadError, match="exactly 8"):
+        codec.decode([bytes(9)])
