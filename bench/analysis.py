@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TSNE_PER_SIDE = 400  # originals and as many reconstructions: 800 points per embedding
+TSNE_POINTS = 1000  # originals plus reconstructions in the one embedding
 
 
 def dominated_by(points: pd.DataFrame, rate: str = "bytes_mean", quality: str = "psnr_db") -> pd.Series:
@@ -53,36 +53,44 @@ def _curve(rate, psnr):
     return np.log(rate[ok]), psnr[ok]
 
 
-def class_extremes(per_class: pd.DataFrame, metric: str = "mse") -> pd.DataFrame:
-    """Per codec, the class with the lowest and the highest mean `metric`."""
+def class_extremes(per_class: pd.DataFrame, metric: str = "mse",
+                   higher_is_better: bool = False) -> pd.DataFrame:
+    """Per codec, the best and the worst class by `metric` ('' when all classes tie)."""
     rows = []
     for codec, g in per_class.groupby("codec", sort=False):
         g = g.dropna(subset=[metric])
         if g.empty or g[metric].nunique() == 1:
             rows.append({"codec": codec, "best_class": "", "worst_class": ""})
             continue
-        rows.append({"codec": codec, "best_class": g.loc[g[metric].idxmin(), "class"],
-                     "worst_class": g.loc[g[metric].idxmax(), "class"]})
+        low, high = g.loc[g[metric].idxmin(), "class"], g.loc[g[metric].idxmax(), "class"]
+        best, worst = (high, low) if higher_is_better else (low, high)
+        rows.append({"codec": codec, "best_class": best, "worst_class": worst})
     return pd.DataFrame(rows)
 
 
 def tsne_points(originals: np.ndarray, labels: np.ndarray, decoded: dict[str, np.ndarray],
                 seed: int = 0) -> pd.DataFrame:
-    """One 2-D t-SNE per codec of the same originals and their reconstructions."""
+    """One joint 2-D t-SNE of a subsample of originals and every codec's reconstructions.
+
+    Joint, so the originals sit at the same place in every codec's panel; the subsample keeps
+    the embedding at about TSNE_POINTS points.
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(originals), min(TSNE_PER_SIDE, len(originals)), replace=False))
-    frames = []
-    for codec, recon in decoded.items():
-        x = np.concatenate([originals[pick], recon[pick]]).reshape(2 * len(pick), -1) / 255.0
-        x = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit_transform(x)
-        xy = TSNE(n_components=2, init="pca", random_state=seed, max_iter=500,
-                  perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
-        frames.append(pd.DataFrame({
-            "codec": codec, "kind": ["original"] * len(pick) + ["reconstruction"] * len(pick),
-            "index": np.concatenate([pick, pick]), "label": np.concatenate([labels[pick]] * 2),
-            "x": xy[:, 0], "y": xy[:, 1],
-        }))
-    return pd.concat(frames, ignore_index=True)
+    per_side = max(TSNE_POINTS // (1 + len(decoded)), 100)
+    pick = np.sort(rng.choice(len(originals), min(per_side, len(originals)), replace=False))
+    groups = [("original", "", originals[pick])]
+    groups += [("reconstruction", codec, recon[pick]) for codec, recon in decoded.items()]
+    x = np.concatenate([g[2] for g in groups]).reshape(len(groups) * len(pick), -1) / 255.0
+    x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
+    xy = TSNE(n_components=2, init="pca", random_state=seed, max_iter=500,
+              perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+    n = len(pick)
+    return pd.DataFrame({
+        "codec": np.repeat([g[1] for g in groups], n),
+        "kind": np.repeat([g[0] for g in groups], n),
+        "index": np.tile(pick, len(groups)), "label": np.tile(labels[pick], len(groups)),
+        "x": xy[:, 0], "y": xy[:, 1],
+    })

@@ -236,9 +236,11 @@ def load_dataset(name: str | None, data_dir: Path | None = None, seed: int = 0) 
         try:
             ds = load_torchvision("mnist", "MNIST", data_dir, map(str, range(10)))
             return Dataset(**{**ds.__dict__, "why": "default: full MNIST files were available"})
-        except DatasetError as exc:
+        except DatasetError:
             ds = load_mnist_5k(seed)
-            why = f"default: full MNIST was not available ({exc}), so the offline mnist-5k was used"
+            why = (f"default: full MNIST is neither in {data_dir} nor downloadable from here, so "
+                   "the offline mnist-5k was used (put MNIST's IDX files there, or pass "
+                   "--data-dir, to use mnist)")
             return Dataset(**{**ds.__dict__, "why": why})
     if name == "mnist-5k":
         return load_mnist_5k(seed)

@@ -168,14 +168,15 @@ def _ae_vs_pca(r: RunResult) -> str:
 
 
 def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
-    extremes = analysis.class_extremes(pc, "mse").set_index("codec")
     parts = ["## Quality per class", "",
-             "Per codec and class (the test images' labels). **Bold**: the best class (lowest MSE), "
-             "_italic_: the worst (highest MSE); the PSNR and SSIM tables mark the same classes.",
-             "![PSNR per class](plots/per_class_psnr.png)"]
+             "Per codec and class (the test images' labels). In each table **bold** marks the best "
+             "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM).",
+             "", "![PSNR per class](plots/per_class_psnr.png)"]
     classes = r.meta["classes"]
     for metric, title, fmt in (("mse", "MSE", "{:.5f}"), ("psnr_db", "PSNR (dB)", "{:.2f}"),
                                ("ssim", "SSIM", "{:.4f}")):
+        higher_is_better = metric != "mse"
+        extremes = analysis.class_extremes(pc, metric, higher_is_better).set_index("codec")
         wide = pc.pivot_table(index="codec", columns="class", values=metric, sort=False)
         wide = wide.reindex(columns=[c for c in classes if c in wide.columns])
         rows = []
@@ -202,7 +203,7 @@ def _ink(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
     for codec, g in pc.groupby("codec", sort=False):
         g = g.set_index("class")
         rows.append({"codec": codec, **{
-            c: f"{num(g.loc[c, 'mse'], '{:.4f}')} / {num(g.loc[c, 'mse_per_100_ink'], '{:.4f}')}"
+            c: f"{num(g.loc[c, 'mse'], '{:.3g}')} / {num(g.loc[c, 'mse_per_100_ink'], '{:.3g}')}"
             for c in ink.index}})
     head = {"codec": "mean ink pixels", **{c: num(v, "{:.1f}") for c, v in ink.items()}}
     _plot_ink(pc, plots / "ink.png")
@@ -324,11 +325,13 @@ def _tsne(r: RunResult, plots: Path) -> str:
     if r.tsne.empty:
         return ""
     _plot_tsne(r.tsne, plots / "tsne.png")
+    n_orig = int((r.tsne["kind"] == "original").sum())
     return "\n".join([
         "## t-SNE of originals and reconstructions", "",
-        f"For each autoencoder, {analysis.TSNE_PER_SIDE} test originals (blue) and their "
-        "reconstructions (red) embedded together (scikit-learn t-SNE after PCA to 50 dimensions, "
-        "seed 0). Where red clusters overlap blue ones, the codec keeps what makes a digit a digit.",
+        f"{n_orig} test originals (blue) and their reconstructions by each autoencoder (red), "
+        f"{len(r.tsne)} points embedded together in one t-SNE (scikit-learn, after PCA to 50 "
+        "dimensions, seed 0), so the blue points are the same in every panel. Where red clusters "
+        "overlap blue ones, the codec keeps what makes a digit a digit.",
         "", "![t-SNE](plots/tsne.png)"])
 
 
@@ -344,7 +347,7 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -427,42 +430,51 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
 
 
 def _plot_samples(r: RunResult, path: Path) -> None:
+    """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render."""
+    from bench.runner import sample_indices
+
     original = r.samples["original"]
     codecs = [c for c in r.samples if c != "original"]
     per_image = r.per_image[r.per_image["role"] == "main"]
-    from bench.runner import sample_indices
-
     test_labels = per_image.drop_duplicates("index").sort_values("index")["label"].to_numpy()
     picks = sample_indices(test_labels)
     classes = r.meta["classes"]
     rows, cols = 1 + len(codecs), len(original)
-    fig, axes = _figure(rows, cols, figsize=(1.1 * cols + 1.5, 1.25 * rows), squeeze=False)
-    for j in range(cols):
-        axes[0][j].imshow(original[j], cmap="gray", vmin=0, vmax=255)
-        axes[0][j].set_title(f"class {classes[int(test_labels[picks[j]])]}", fontsize=7)
-        for i, codec in enumerate(codecs, start=1):
-            axes[i][j].imshow(r.samples[codec][j], cmap="gray", vmin=0, vmax=255)
-            row = per_image[(per_image["codec"] == codec) & (per_image["index"] == picks[j])]
-            if len(row):
-                axes[i][j].set_title(
-                    f"{row['bytes'].iloc[0]} B, {num(row['psnr_db'].iloc[0], '{:.1f}')} dB",
-                    fontsize=6)
-    for i, name in enumerate(["original", *codecs]):
-        axes[i][0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    for ax in np.ravel(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
+    h, w = original.shape[1:]
+    gap_y, gap_x = 14, 6  # pixels of room for the caption under each tile
+    mosaic = np.full((rows * (h + gap_y), cols * (w + gap_x)), 255, np.uint8)
+    for i, images in enumerate([original, *(r.samples[c] for c in codecs)]):
+        for j in range(cols):
+            y, x = i * (h + gap_y), j * (w + gap_x)
+            mosaic[y : y + h, x : x + w] = images[j]
+    fig, ax = _figure(figsize=(0.75 * cols + 1.6, 0.6 * rows + 0.4))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([j * (w + gap_x) + w / 2 for j in range(cols)],
+                  [f"class {classes[int(test_labels[p])]}" for p in picks], fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([i * (h + gap_y) + h / 2 for i in range(rows)], ["original", *codecs], fontsize=7)
+    lookup = per_image.set_index(["codec", "index"])
+    for i, codec in enumerate(codecs, start=1):
+        for j, pick in enumerate(picks):
+            row = lookup.loc[(codec, pick)]
+            ax.text(j * (w + gap_x) + w / 2, i * (h + gap_y) + h + 1,
+                    f"{row['bytes']}B {num(row['psnr_db'], '{:.1f}')}dB",
+                    ha="center", va="top", fontsize=4.5)
+    ax.set_title("One test image per class: original and reconstructions (bytes, PSNR)")
+    for side in ax.spines.values():
+        side.set_visible(False)
     _save(fig, path)
 
 
 def _plot_tsne(points: pd.DataFrame, path: Path) -> None:
-    codecs = list(dict.fromkeys(points["codec"]))
-    fig, axes = _figure(1, len(codecs), figsize=(4 * len(codecs), 4), squeeze=False)
+    originals = points[points["kind"] == "original"]
+    codecs = [c for c in dict.fromkeys(points["codec"]) if c]
+    fig, axes = _figure(1, len(codecs), figsize=(4 * len(codecs), 4), squeeze=False,
+                        sharex=True, sharey=True)
     for ax, codec in zip(axes[0], codecs):
-        g = points[points["codec"] == codec]
-        for kind, color in (("original", "tab:blue"), ("reconstruction", "tab:red")):
-            k = g[g["kind"] == kind]
-            ax.scatter(k["x"], k["y"], s=4, c=color, alpha=0.6, label=kind)
+        recon = points[points["codec"] == codec]
+        ax.scatter(originals["x"], originals["y"], s=5, c="tab:blue", alpha=0.6, label="original")
+        ax.scatter(recon["x"], recon["y"], s=5, c="tab:red", alpha=0.6, label="reconstruction")
         ax.set_title(f"t-SNE: {codec}")
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")

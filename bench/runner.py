@@ -72,26 +72,15 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             if hasattr(codec, "fit"):
                 fit_kwargs = {"cache_dir": cache_dir, "progress": progress, "log": log}
                 codec.fit(dataset.train.images, **_accepted(codec.fit, fit_kwargs))
+            # The quality pass doubles as the first warm-up call when it codes the timed batch.
             payloads = codec.encode(test.images)
             out = codec.decode(payloads)
             if decoded is None:
                 decoded, sizes = out, payloads.sizes
                 summaries.append(_codec_row(spec, codec, role, zero))
             if role == "main":
-                enc, _ = measure(lambda c=codec: c.encode(timed), len(timed), rounds, warmup, device)
-                timed_payloads = codec.encode(timed)
-                dec, out_t = measure(lambda c=codec, p=timed_payloads: c.decode(p), len(timed),
-                                     rounds, warmup, device)
-                psnr = float(metrics.psnr_from_mse(metrics.mse(timed, out_t).mean()))
-                for direction, t in (("encode", enc), ("decode", dec)):
-                    speed.append({
-                        "codec": spec.canonical, "device": device, "device_name": device_name(device),
-                        "direction": direction, "batch": len(timed), "rounds": len(t.seconds),
-                        "median_img_s": t.median_img_s, "min_img_s": t.min_img_s,
-                        "max_img_s": t.max_img_s, "psnr_db": psnr,
-                        "precision": "bf16" if getattr(codec, "autocast", False) else "fp32",
-                        "library": getattr(codec, "library", ""),
-                    })
+                speed += _throughput(codec, spec, device, timed, rounds,
+                                     warmup - (timed is test.images))
         frame = metrics.per_image(test.images, decoded, sizes)
         frame.insert(0, "codec", spec.canonical)
         frame.insert(1, "role", role)
@@ -119,6 +108,21 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             "throughput_batch": len(timed), "codecs": [s.canonical for s in specs],
             "sweeps": [s.canonical for s in sweeps]}
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
+
+
+def _throughput(codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
+                warmup: int) -> list[dict]:
+    warmup = max(warmup, 0)
+    enc, payloads = measure(lambda: codec.encode(batch), len(batch), rounds, warmup, device)
+    dec, decoded = measure(lambda: codec.decode(payloads), len(batch), rounds, warmup, device)
+    psnr = float(metrics.psnr_from_mse(metrics.mse(batch, decoded).mean()))
+    return [{
+        "codec": spec.canonical, "device": device, "device_name": device_name(device),
+        "direction": direction, "batch": len(batch), "rounds": len(t.seconds),
+        "median_img_s": t.median_img_s, "min_img_s": t.min_img_s, "max_img_s": t.max_img_s,
+        "psnr_db": psnr, "precision": "bf16" if getattr(codec, "autocast", False) else "fp32",
+        "library": getattr(codec, "library", ""),
+    } for direction, t in (("encode", enc), ("decode", dec))]
 
 
 def raise_empty(specs, devices):

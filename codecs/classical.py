@@ -154,11 +154,13 @@ class WebP(ImageCodec):
     def __init__(self, quality: int = 75, method: int = 4, lossless: bool = False):
         self.quality, self.method, self.lossless = quality, method, lossless
 
-    def _encode_one(self, image):
-        rgb = np.repeat(image[:, :, None], 3, axis=2)
-        return imagecodecs.webp_encode(
-            rgb, level=self.quality, method=self.method, lossless=self.lossless
-        )
+    def encode(self, images: np.ndarray) -> Payloads:
+        rgb = np.repeat(check_images(images)[..., None], 3, axis=3)
+        return Payloads.from_list([
+            imagecodecs.webp_encode(im, level=self.quality, method=self.method,
+                                    lossless=self.lossless)
+            for im in rgb
+        ])
 
     def _decode_one(self, data):
         rgb = imagecodecs.webp_decode(data)

@@ -6,6 +6,7 @@ fixed mapping calibrated by each component's standard deviation on the training 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,13 +29,25 @@ class PCABasis:
         return 2 * SPAN * self.std
 
 
+_EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a family
+
+
+def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    key = hashlib.sha256(images.tobytes()).hexdigest() + str(images.shape)
+    if key not in _EIGEN_CACHE:
+        x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+        mean = x.mean(axis=0)
+        eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+        _EIGEN_CACHE.clear()
+        _EIGEN_CACHE[key] = (mean, eigval, eigvec)
+    return _EIGEN_CACHE[key]
+
+
 def fit_pca(images: np.ndarray, k: int) -> PCABasis:
-    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    if k > x.shape[1]:
+    images = np.ascontiguousarray(images)
+    if k > images.shape[1] * images.shape[2]:
         raise CodecError(f"PCA with {k} components needs images of at least {k} pixels")
-    mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False)
-    eigval, eigvec = np.linalg.eigh(cov)
+    mean, eigval, eigvec = _eigen(images)
     order = np.argsort(eigval)[::-1][:k]
     std = np.sqrt(np.maximum(eigval[order], 1e-12))
     return PCABasis(mean.astype(np.float32), eigvec[:, order].T.astype(np.float32),

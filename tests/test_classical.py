@@ -14,11 +14,14 @@ LOSSLESS = ["raw", "png", "webp-lossless", "jpegxl-lossless", "zlib", "lzma"]
 
 # Measured on the 1,000 mnist-5k test images (PSNR of the mean MSE, mean SSIM); the bounds
 # leave about 0.5 dB and 0.01 of room below the measurement for library updates.
+# measured: jpeg 33.54 dB / 0.9386, jpeg:quality=30 26.76 / 0.8811, webp 39.27 / 0.9806,
+# webp:quality=30 33.26 / 0.9386, jpegxl 39.02 / 0.9948.
 LOSSY_BOUNDS = {
-    "jpeg": (33.0, 0.97),
-    "jpeg:quality=30": (27.5, 0.90),
-    "webp": (38.5, 0.98),
-    "jpegxl": (38.0, 0.98),
+    "jpeg": (33.0, 0.93),
+    "jpeg:quality=30": (26.2, 0.87),
+    "webp": (38.7, 0.97),
+    "webp:quality=30": (32.7, 0.93),
+    "jpegxl": (38.5, 0.985),
 }
 
 
