@@ -33,6 +33,20 @@ def test_decode_of_encode_is_the_models_quantized_forward_pass(ae39, digits):
     assert np.array_equal(decoded, forward)
 
 
+def test_subpixel_form_is_the_same_function_as_the_transposed_conv():
+    from torch import nn
+
+    from bench_codecs.autoencoder import SubPixelConvTranspose
+
+    torch.manual_seed(0)
+    for cin, cout in ((16, 1), (8, 3)):
+        ct = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+        x = torch.randn(5, cin, 7, 9)
+        with torch.no_grad():
+            torch.testing.assert_close(SubPixelConvTranspose(ct)(x), ct(x), atol=1e-5, rtol=1e-5)
+    assert set(SubPixelConvTranspose(ct).state_dict()) == {"source.weight", "source.bias"}
+
+
 def test_the_family_has_the_published_latent_sizes():
     sizes = {name: get_codec(name).latent for name in ("ae50", "ae90", "ae95", "ae99")}
     assert sizes == {"ae50": 392, "ae90": 78, "ae95": 39, "ae99": 8}
