@@ -407,17 +407,21 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
     fig, (a, b) = _figure(1, 2, figsize=(12, 4.8))
     finite = points["psnr_db"][np.isfinite(points["psnr_db"])]
     top = (finite.max() if len(finite) else 40) + 3
-    for family, g in points.groupby("family", sort=False):
-        if g["lossless"].all():
-            for _, row in g.iterrows():
-                a.scatter(row["bpp"], top, marker="*", s=90, label=f"{row['codec']} (lossless)")
-                b.scatter(row["bpp"], row["ssim"], marker="*", s=90, label=f"{row['codec']} (lossless)")
-            continue
+    lossless = points[points["lossless"]]
+    for family, g in points[~points["lossless"]].groupby("family", sort=False):
         g = g.sort_values("bpp")
         a.plot(g["bpp"], g["psnr_db"], marker="o", label=family)
         b.plot(g["bpp"], g["ssim"], marker="o", label=family)
-    a.axhline(top, color="grey", lw=0.5, ls="--")
-    a.text(a.get_xlim()[0], top, " lossless (∞ dB)", va="bottom", fontsize=7, color="grey")
+    markers = iter("*PXDs^v<>p")
+    for _, row in lossless.iterrows():
+        style = {"marker": next(markers, "*"), "s": 80, "color": "black", "zorder": 3,
+                 "label": f"{row['codec']} (lossless)"}
+        a.scatter(row["bpp"], top, **style)
+        b.scatter(row["bpp"], row["ssim"], **style)
+    if len(lossless):
+        a.axhline(top, color="grey", lw=0.5, ls="--")
+        a.annotate("lossless (∞ dB)", (0.01, top), xycoords=("axes fraction", "data"),
+                   va="bottom", fontsize=7, color="grey")
     a.set_ylabel("PSNR (dB)")
     b.set_ylabel("SSIM")
     for ax, title in ((a, "Rate–distortion: PSNR"), (b, "Rate–distortion: SSIM")):
@@ -469,7 +473,7 @@ def _plot_samples(r: RunResult, path: Path) -> None:
 def _plot_tsne(points: pd.DataFrame, path: Path) -> None:
     originals = points[points["kind"] == "original"]
     codecs = [c for c in dict.fromkeys(points["codec"]) if c]
-    fig, axes = _figure(1, len(codecs), figsize=(4 * len(codecs), 4), squeeze=False,
+    fig, axes = _figure(1, len(codecs), figsize=(4.5 * len(codecs) + 0.5, 4.2), squeeze=False,
                         sharex=True, sharey=True)
     for ax, codec in zip(axes[0], codecs):
         recon = points[points["codec"] == codec]

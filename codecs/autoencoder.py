@@ -164,6 +164,11 @@ def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
     return model.eval(), losses
 
 
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """Shares memory when it can; a read-only array (payloads from bytes) is copied once."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("BENCH_CACHE_DIR")
     if env:
@@ -283,7 +288,7 @@ class AutoencoderCodec:
         if images.shape[1:] != model.shape:
             raise CodecError(f"{self.name} was trained on {model.shape[0]}x{model.shape[1]} "
                              f"images, got {images.shape[1]}x{images.shape[2]}")
-        host = torch.from_numpy(images)
+        host = _host_tensor(images)
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
             for i in range(0, len(images), CHUNK):
@@ -303,7 +308,7 @@ class AutoencoderCodec:
             i = int(bad[0])
             raise PayloadError(f"{self.name}: payload {i} has {payloads.sizes[i]} bytes; "
                                f"its payloads have exactly {self.latent}")
-        host = torch.from_numpy(payloads.as_array())
+        host = _host_tensor(payloads.as_array())
         out = torch.empty((len(payloads), *model.shape), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
             for i in range(0, len(payloads), CHUNK):

@@ -48,6 +48,9 @@ class ImageCodec:
                     f"{self.name}: payload {i} ({len(data)} bytes) is not a valid {self.format} "
                     f"stream: {exc}"
                 ) from None
+            if image.ndim == 2 and max(image.shape) > MAX_SIDE:
+                raise PayloadError(f"{self.name}: payload {i} decodes to {image.shape[0]}x"
+                                   f"{image.shape[1]}, larger than {MAX_SIDE}x{MAX_SIDE}")
             if image.dtype != np.uint8 or image.ndim != 2:
                 raise PayloadError(
                     f"{self.name}: payload {i} decodes to a {image.dtype} array of shape "
@@ -122,7 +125,23 @@ class Jpeg(ImageCodec):
         return imagecodecs.jpeg8_encode(image, level=self.quality, optimize=self.optimize)
 
     def _decode_one(self, data):
+        h, w = jpeg_size(data)
+        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+            raise PayloadError(f"JPEG header claims {w}x{h}, outside 1..{MAX_SIDE}")
         return imagecodecs.jpeg8_decode(data)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the first start-of-frame marker, before libjpeg allocates for it."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            raise PayloadError("not a JPEG marker sequence")
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return struct.unpack(">HH", data[i + 5 : i + 9])
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    raise PayloadError("no JPEG frame header")
 
 
 class Png(ImageCodec):
