@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and cache autoencoders (run does this on demand)")
     t.add_argument("--codecs", default="ae*", help="autoencoder specs (default: ae*)")
-    t.add_argument("--device", default="auto", help="cpu or cuda (default auto)")
+    t.add_argument("--device", default="auto", help="cpu or cuda (default auto: cuda when present)")
     data_args(t)
 
     rep = sub.add_parser("report", help="re-render report.md and plots from a run folder")
@@ -135,6 +135,17 @@ def _specs(args):
     return specs
 
 
+def _runnable(specs, devices):
+    """The specs that run on a selected device; the others are named once, or all is an error."""
+    skipped = [s.canonical for s in specs if not set(s.info.devices) & set(devices)]
+    if len(skipped) == len(specs):
+        raise BenchError(f"nothing to run: {', '.join(skipped)} cannot run on "
+                         f"{', '.join(devices)} (see `bench list`, and --device)")
+    if skipped:
+        _log(f"skipping {', '.join(skipped)}: not available on {', '.join(devices)}")
+    return [s for s in specs if s.canonical not in skipped]
+
+
 def _sweeps(args, specs):
     from bench.registry import default_registry
 
@@ -159,9 +170,9 @@ def cmd_run(args, argv) -> int:
 
     for name, minimum in (("rounds", 1), ("warmup", 0), ("batch", 1), ("epochs", 1)):
         _positive(name, getattr(args, name), minimum)
-    specs = _specs(args)
-    sweeps = _sweeps(args, specs)
     devices = _devices(args.device)
+    specs = _runnable(_specs(args), devices)
+    sweeps = [s for s in _sweeps(args, specs) if set(s.info.devices) & set(devices)]
     if args.out is not None:
         results.check_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
@@ -189,7 +200,7 @@ def cmd_train(args, argv) -> int:
 
     _positive("epochs", args.epochs, 1)
     specs = _specs(args)
-    devices = _devices(args.device)
+    devices = _devices(args.device)[-1:] if args.device == "auto" else _devices(args.device)
     if len(devices) != 1:
         raise BenchError(f"train runs on one device, got {', '.join(devices)}")
     trainable = [s for s in specs if dict(s.values).get("epochs") is not None]

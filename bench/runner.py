@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics
+from bench.codec import CodecError
 from bench.data import Dataset
 from bench.registry import Spec
 from bench.timing import device_name, measure
@@ -92,15 +93,16 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             if info.family in tsne_families:
                 decoded_for_tsne[spec.canonical] = decoded
     if not rows:
-        raise_empty(specs, devices)
+        raise CodecError(f"nothing to run: none of {', '.join(s.canonical for s in specs)} "
+                         f"runs on {', '.join(devices)}")
     per_image = pd.concat(rows, ignore_index=True)
     throughput = pd.DataFrame(speed)
-    summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape)
+    summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape, devices[0])
     tsne = pd.DataFrame()
     if decoded_for_tsne:
         from bench.analysis import tsne_points
 
-        tsne = tsne_points(test.images, test.labels, decoded_for_tsne)
+        tsne = tsne_points(test.images, test.labels, decoded_for_tsne, cache_dir=cache_dir)
     meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,
             "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
             "image_shape": list(dataset.shape), "train_images": len(dataset.train),
@@ -125,13 +127,6 @@ def _throughput(codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
     } for direction, t in (("encode", enc), ("decode", dec))]
 
 
-def raise_empty(specs, devices):
-    from bench.codec import CodecError
-
-    raise CodecError(f"nothing to run: none of {', '.join(s.canonical for s in specs)} "
-                     f"runs on {', '.join(devices)}")
-
-
 def _accepted(fn, kwargs: dict) -> dict:
     """Plugins' fit() may take fewer keywords than the built-ins."""
     import inspect
@@ -153,14 +148,15 @@ def _codec_row(spec: Spec, codec, role: str, zero: np.ndarray) -> dict:
 
 
 def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
-              shape: tuple[int, int]) -> pd.DataFrame:
+              shape: tuple[int, int], device: str) -> pd.DataFrame:
+    """One row per codec; its throughput columns are those measured on `device`."""
     pixels = shape[0] * shape[1]
     stats = metrics.aggregate(per_image, ["codec"])
     out = codecs.merge(stats, on="codec")
     out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / pixels)
     out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / pixels)
     if len(throughput):
-        rates = throughput[throughput["device"] == "cpu"].pivot_table(
+        rates = throughput[throughput["device"] == device].pivot_table(
             index="codec", columns="direction", values="median_img_s")
         rates = rates.rename(columns=lambda d: f"{d}_img_s").reset_index()
         out = out.merge(rates, on="codec", how="left")

@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.codec import CodecError, Payloads, PayloadError, check_images
+from bench.cache import atomic_write, default_cache_dir
+from bench.codec import CodecError, PayloadError, Payloads, check_images
 
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
@@ -169,27 +167,8 @@ def _host_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("BENCH_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("aecodec-bench"))
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AutoencoderCodec:

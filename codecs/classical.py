@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import imagecodecs
 import numpy as np
 
-from bench.codec import MAX_SIDE, Payloads, PayloadError, check_images
+from bench.codec import MAX_SIDE, PayloadError, Payloads, check_images
 
 
 class ImageCodec:
@@ -25,7 +25,8 @@ class ImageCodec:
     def library(self) -> str:
         if not self.library_id:
             return f"Python {self.format}"
-        return f"{getattr(imagecodecs, self.library_id + '_version')()} (imagecodecs {imagecodecs.__version__})"
+        version = getattr(imagecodecs, f"{self.library_id}_version")()
+        return f"{version} (imagecodecs {imagecodecs.__version__})"
 
     def encode(self, images: np.ndarray) -> Payloads:
         images = check_images(images)

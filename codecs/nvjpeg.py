@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.codec import CodecError, Payloads, PayloadError, check_images
+from bench.codec import CodecError, PayloadError, Payloads, check_images
 
 
 class NvJpeg:

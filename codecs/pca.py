@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.codec import CodecError, Payloads, PayloadError, check_images
+from bench.codec import CodecError, PayloadError, Payloads, check_images
 
 SPAN = 4.0  # standard deviations on each side of zero that the 256 levels cover
 

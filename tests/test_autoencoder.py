@@ -7,7 +7,6 @@ from bench.registry import get_codec
 from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec, train_autoencoder
 
 
-
 @pytest.fixture(scope="module")
 def train_small(mnist5k):
     return mnist5k.train.images[:600]

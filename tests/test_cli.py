@@ -52,6 +52,7 @@ def test_report_has_every_section_and_per_class_rows(run_dir):
                     "## Samples", "## t-SNE"):
         assert heading in text, heading
     assert "`mnist-5k`" in text and "4,000 train" in text and "1,000 test" in text
+    assert "This run, by MSE: ae95:epochs=1: easiest " in text
     mse_table = text.split("### MSE")[1].split("###")[0]
     rows = [line for line in mse_table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 6  # header + one row per codec
@@ -98,6 +99,7 @@ def test_report_rerenders_from_saved_results_only(run_dir, monkeypatch):
     (["run", "--codecs", "jpeg", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--codecs", "jpeg", "--rounds", "0"], "--rounds must be at least 1"),
     (["train", "--codecs", "jpeg"], "train takes autoencoder specs"),
+    (["run", "--codecs", "nvjpeg", "--device", "cpu", "--dataset", "mnist-5k"], "nothing to run"),
     (["report", "/nonexistent/run"], "is not a bench run folder"),
 ])
 def test_user_mistakes_are_one_line_exit_2_and_write_nothing(args, message, tmp_path):

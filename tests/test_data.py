@@ -2,10 +2,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import write_idx, write_mnist_idx
 
 from bench import data
 from bench.data import DatasetError, load_dataset, read_idx, stratified_split
+from conftest import write_idx, write_mnist_idx
 
 
 def test_mnist_5k_split_is_stratified_seeded_and_disjoint(mnist5k):
