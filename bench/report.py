@@ -96,7 +96,7 @@ def _header(r: RunResult) -> str:
         f"- **Images:** {m['train_images']:,} train (for fitting learned codecs), "
         f"{m['test_images']:,} test (every number below), {m['image_shape'][0]}x{m['image_shape'][1]} "
         "8-bit grayscale",
-        f"- **Command:** `{m.get('command', 'n/a')}`",
+        f"- **Command:** `{m.get('command', 'n/a')}` ({m.get('seconds', '?')} s)",
         f"- **Machine:** {env.get('cpu', 'n/a')}, {env.get('cores', '?')} cores, "
         f"{env.get('ram_gib', '?')} GiB; {env.get('platform', '')}; devices measured: "
         f"{', '.join(m['devices'])}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from bench.cache import atomic_write, default_cache_dir
 from bench.codec import CodecError, PayloadError, Payloads, check_images
+from bench_codecs.pca import fit_pca
 
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
@@ -129,8 +131,6 @@ def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    from bench_codecs.pca import fit_pca
-
     model = Autoencoder(latent, images.shape[1:], RECIPE["width"])
     model.init_from_pca(fit_pca(images, latent))
     model = model.to(device)
@@ -195,35 +195,39 @@ class AutoencoderCodec:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
     def fit(self, images: np.ndarray, cache_dir: Path | None = None,
-            progress: bool = True, log=print) -> AutoencoderCodec:
+            progress: bool = True, log=None) -> AutoencoderCodec:
         """Load the cached model for these training images, or train and cache it."""
+        log = log or (lambda msg: print(msg, file=sys.stderr))
         images = check_images(images)
         key = self.cache_key(images)
         path = Path(cache_dir or default_cache_dir()) / f"ae{self.latent}-{key}.pt"
         self.checkpoint = path
-        if path.exists():
+        self.model = self._load(path, key, images.shape[1:], log) if path.exists() else None
+        if self.model is None:
+            self.model, self.losses = train_autoencoder(
+                images, self.latent, self.epochs, self.seed, self.device, progress)
+            self.trained_now = True
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                if state.get("key") != key:
-                    raise ValueError("its key does not match its file name")
-                model = Autoencoder(self.latent, images.shape[1:], RECIPE["width"])
-                model.load_state_dict(state["model"])
-                self.model, self.losses = model.to(self.device).eval(), list(state["losses"])
-                self._after_load(images)
-                return self
-            except Exception as exc:
-                log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
-        self.model, self.losses = train_autoencoder(
-            images, self.latent, self.epochs, self.seed, self.device, progress)
-        self.trained_now = True
-        try:
-            atomic_torch_save({"key": key, "model": self.model.state_dict(),
-                               "losses": self.losses}, path)
-        except OSError as exc:
-            log(f"cannot write the model cache {path.parent} ({exc.strerror or exc}); "
-                "the trained model is used for this run only (set --cache-dir)")
+                atomic_torch_save({"key": key, "model": self.model.state_dict(),
+                                   "losses": self.losses}, path)
+            except OSError as exc:
+                log(f"cannot write the model cache {path.parent} ({exc.strerror or exc}); "
+                    "the trained model is used for this run only (set --cache-dir)")
         self._after_load(images)
         return self
+
+    def _load(self, path: Path, key: str, shape, log) -> Autoencoder | None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if state.get("key") != key:
+                raise ValueError("its key does not match its file name")
+            model = Autoencoder(self.latent, shape, RECIPE["width"])
+            model.load_state_dict(state["model"])
+            self.losses = list(state["losses"])
+        except Exception as exc:  # any unreadable file is retrained, never trusted
+            log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
+            return None
+        return model.to(self.device).eval()
 
     def _after_load(self, images: np.ndarray) -> None:
         self.model = self.model.for_inference().to(self.device)

@@ -126,3 +126,19 @@ def test_side_info_is_the_decoders_float32_weights(ae39):
     conv = (39 * width * 49 + width * 49) + (width * width // 2 * 9 + width // 2) \
         + 4 * (width // 2) + (width // 2 * 9 + 1)  # BatchNorm: weight, bias, running mean, var
     assert ae39.side_info_bytes == 4 * (linear + conv)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["95", "99"])
+def test_default_recipe_beats_its_pca_control_by_a_decibel(level, mnist5k, tmp_path):
+    """The quality bar of the README's table, with the default recipe (99 % has the least room)."""
+    from bench.metrics import mse, psnr_from_mse
+
+    test = mnist5k.test.images
+    psnr = {}
+    for family in ("ae", "pca"):
+        codec = get_codec(f"{family}{level}")
+        kwargs = {"cache_dir": tmp_path, "progress": False} if family == "ae" else {}
+        codec.fit(mnist5k.train.images, **kwargs)
+        psnr[family] = psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean())
+    assert psnr["ae"] >= psnr["pca"] + 1.0, psnr

@@ -165,6 +165,19 @@ def _wait_for(predicate, proc, timeout=120):
     pytest.fail("timed out waiting")
 
 
+def test_interrupted_train_leaves_no_partial_checkpoint(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["train", "--codecs", "ae99:epochs=1,ae95:epochs=40", "--dataset", "mnist-5k",
+            "--cache-dir", str(cache), "--device", "cpu"]
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: any(cache.glob("ae8-*.pt")), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["ae8"]  # no ae39, no temp file
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_leaves_nothing_half_written_and_rerun_reuses_models(sig, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
