@@ -101,6 +101,25 @@ class Payloads:
         return self.buffer.reshape(len(sizes), int(sizes[0]))
 
 
+def payloads_to_decode(payloads: Payloads | Sequence[bytes], codec: str) -> Payloads:
+    """What every decode starts with: Payloads, and at least one of them."""
+    payloads = Payloads.coerce(payloads)
+    if len(payloads) == 0:
+        raise PayloadError(f"{codec}: no payloads to decode")
+    return payloads
+
+
+def fixed_rate_rows(payloads: Payloads | Sequence[bytes], k: int, codec: str) -> np.ndarray:
+    """The (N, k) array of a fixed-rate codec's payloads; any other length is an error."""
+    payloads = payloads_to_decode(payloads, codec)
+    bad = np.flatnonzero(payloads.sizes != k)
+    if len(bad):
+        i = int(bad[0])
+        raise PayloadError(f"{codec}: payload {i} has {payloads.sizes[i]} bytes; "
+                           f"its payloads have exactly {k}")
+    return payloads.as_array()
+
+
 @runtime_checkable
 class Codec(Protocol):
     name: str  # canonical spec string, e.g. "jpeg:quality=50"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bench.cache import atomic_write, default_cache_dir
-from bench.codec import CodecError, PayloadError, Payloads, check_images
+from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows
 from bench_codecs.pca import fit_pca
 
 ARCH_VERSION = 1
@@ -283,18 +283,10 @@ class AutoencoderCodec:
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         model = self._require_model()
-        payloads = Payloads.coerce(payloads)
-        if len(payloads) == 0:
-            raise PayloadError(f"{self.name}: no payloads to decode")
-        bad = np.flatnonzero(payloads.sizes != self.latent)
-        if len(bad):
-            i = int(bad[0])
-            raise PayloadError(f"{self.name}: payload {i} has {payloads.sizes[i]} bytes; "
-                               f"its payloads have exactly {self.latent}")
-        host = _host_tensor(payloads.as_array())
-        out = torch.empty((len(payloads), *model.shape), dtype=torch.uint8)
+        host = _host_tensor(fixed_rate_rows(payloads, self.latent, self.name))
+        out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
-            for i in range(0, len(payloads), CHUNK):
+            for i in range(0, len(host), CHUNK):
                 z = host[i : i + CHUNK].to(self.device, non_blocking=True).float().div_(255)
                 y = model.decoder(z)
                 out[i : i + CHUNK] = y.float().mul_(255).round_().to(torch.uint8).squeeze(1).cpu()

@@ -10,7 +10,14 @@ from collections.abc import Sequence
 import imagecodecs
 import numpy as np
 
-from bench.codec import MAX_SIDE, PayloadError, Payloads, check_images
+from bench.codec import (
+    MAX_SIDE,
+    PayloadError,
+    Payloads,
+    check_images,
+    fixed_rate_rows,
+    payloads_to_decode,
+)
 
 
 class ImageCodec:
@@ -33,9 +40,7 @@ class ImageCodec:
         return Payloads.from_list([self._encode_one(im) for im in images])
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
-        payloads = Payloads.coerce(payloads)
-        if len(payloads) == 0:
-            raise PayloadError(f"{self.name}: no payloads to decode")
+        payloads = payloads_to_decode(payloads, self.name)
         out = None
         for i, data in enumerate(payloads):
             try:
@@ -97,22 +102,13 @@ class Raw(ImageCodec):
         return Payloads.from_array(images.reshape(len(images), -1))
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
-        payloads = Payloads.coerce(payloads)
-        if len(payloads) == 0:
-            raise PayloadError(f"{self.name}: no payloads to decode")
+        payloads = payloads_to_decode(payloads, self.name)
         shape = self.shape
         if shape is None:
             side = int(round(np.sqrt(payloads.sizes[0])))
             shape = (side, side)
-        want = shape[0] * shape[1]
-        bad = np.flatnonzero(payloads.sizes != want)
-        if len(bad):
-            i = int(bad[0])
-            raise PayloadError(
-                f"{self.name}: payload {i} has {payloads.sizes[i]} bytes; "
-                f"a raw {shape[0]}x{shape[1]} image has {want}"
-            )
-        return payloads.buffer.reshape(len(payloads), *shape).copy()
+        rows = fixed_rate_rows(payloads, shape[0] * shape[1], f"{self.name} ({shape[0]}x{shape[1]})")
+        return rows.reshape(len(rows), *shape).copy()
 
 
 class Jpeg(ImageCodec):
@@ -237,7 +233,11 @@ class _Stream(ImageCodec):
         h, w = self.header.unpack_from(data)
         if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
             raise PayloadError(f"header claims {h}x{w}, outside 1..{MAX_SIDE}")
-        pixels = self._decompress(data[self.header.size :], h * w)
+        # Bounded, so a hostile stream cannot expand without limit.
+        stream = self._decompressor()
+        pixels = stream.decompress(data[self.header.size :], h * w + 1)
+        if not stream.eof:
+            raise PayloadError(f"the {self.format} stream is truncated or longer than its image")
         if len(pixels) != h * w:
             raise PayloadError(f"holds {len(pixels)} pixels, its header says {h}x{w}")
         return np.frombuffer(pixels, np.uint8).reshape(h, w)
@@ -252,13 +252,8 @@ class Zlib(_Stream):
     def _compress(self, data):
         return zlib.compress(data, self.level)
 
-    def _decompress(self, data, size):
-        # Bounded, so a hostile stream cannot expand without limit.
-        d = zlib.decompressobj()
-        out = d.decompress(data, size + 1)
-        if not d.eof:
-            raise PayloadError("the zlib stream is truncated or longer than its image")
-        return out
+    def _decompressor(self):
+        return zlib.decompressobj()
 
 
 class Lzma(_Stream):
@@ -271,9 +266,5 @@ class Lzma(_Stream):
         # The .lzma container: a 13-byte header where .xz would spend about 60.
         return lzma.compress(data, format=lzma.FORMAT_ALONE, preset=self.preset)
 
-    def _decompress(self, data, size):
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=1 << 26)
-        out = d.decompress(data, size + 1)
-        if not d.eof:
-            raise PayloadError("the LZMA stream is truncated or longer than its image")
-        return out
+    def _decompressor(self):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=1 << 26)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.codec import CodecError, PayloadError, Payloads, check_images
+from bench.codec import CodecError, PayloadError, Payloads, check_images, payloads_to_decode
 
 
 class NvJpeg:
@@ -40,9 +40,7 @@ class NvJpeg:
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        payloads = Payloads.coerce(payloads)
-        if len(payloads) == 0:
-            raise PayloadError(f"{self.name}: no payloads to decode")
+        payloads = payloads_to_decode(payloads, self.name)
         host = torch.from_numpy(payloads.buffer.copy())
         offsets = payloads.offsets
         chunks = [host[offsets[i] : offsets[i + 1]] for i in range(len(payloads))]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.codec import CodecError, PayloadError, Payloads, check_images
+from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows
 
 SPAN = 4.0  # standard deviations on each side of zero that the 256 levels cover
 
@@ -92,15 +92,8 @@ class PCACodec:
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         b = self._require()
-        payloads = Payloads.coerce(payloads)
-        if len(payloads) == 0:
-            raise PayloadError(f"{self.name}: no payloads to decode")
-        bad = np.flatnonzero(payloads.sizes != self.latent)
-        if len(bad):
-            i = int(bad[0])
-            raise PayloadError(f"{self.name}: payload {i} has {payloads.sizes[i]} bytes; "
-                               f"its payloads have exactly {self.latent}")
-        u = payloads.as_array().astype(np.float32) * np.float32(1 / 255)
+        rows = fixed_rate_rows(payloads, self.latent, self.name)
+        u = rows.astype(np.float32) * np.float32(1 / 255)
         x = ((u - 0.5) * b.scale) @ b.components + b.mean
         out = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-        return out.reshape(len(payloads), *self.shape)
+        return out.reshape(len(rows), *self.shape)
