@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from bench.codec import MAX_SIDE, BenchError
 
 DATASETS = ("mnist", "mnist-5k", "fashion-mnist", "folder:PATH")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_TIMEOUT_S = 10.0
+DOWNLOAD_TIMEOUT_S = 5.0  # per socket operation: a dead network fails in seconds, a slow one still works
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -235,13 +235,12 @@ def load_dataset(name: str | None, data_dir: Path | None = None, seed: int = 0) 
     if name is None:
         try:
             ds = load_torchvision("mnist", "MNIST", data_dir, map(str, range(10)))
-            return Dataset(**{**ds.__dict__, "why": "default: full MNIST files were available"})
+            return replace(ds, why="default: full MNIST files were available")
         except DatasetError:
-            ds = load_mnist_5k(seed)
             why = (f"default: full MNIST is neither in {data_dir} nor downloadable from here, so "
                    "the offline mnist-5k was used (put MNIST's IDX files there, or pass "
                    "--data-dir, to use mnist)")
-            return Dataset(**{**ds.__dict__, "why": why})
+            return replace(load_mnist_5k(seed), why=why)
     if name == "mnist-5k":
         return load_mnist_5k(seed)
     if name == "mnist":

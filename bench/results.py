@@ -17,20 +17,11 @@ import pandas as pd
 from bench.cache import atomic_write
 from bench.codec import BenchError
 from bench.runner import RunResult
+from bench.timing import cpu_name
 
 TABLES = ("summary", "per_image", "throughput", "tsne")
 VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
              "pillow", "torch", "torchvision", "matplotlib")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def environment() -> dict:

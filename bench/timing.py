@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -59,9 +60,19 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    from bench.results import cpu_name
-
     return f"{cpu_name()} ({platform.machine()})"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
 
 
 def available_devices() -> list[str]:
