@@ -189,7 +189,8 @@ def cmd_run(args, argv) -> int:
     result.meta["environment"] = results.environment()
     result.meta["seconds"] = round(time.perf_counter() - start, 1)
     out = args.out or results.new_run_dir(REPORTS, dataset.name)
-    results.save(result, out, render=lambda d: render(result, d), overwrite=args.overwrite)
+    # Rendered from what was saved, so that `bench report` later gives the very same report.
+    results.save(result, out, render=lambda d: render(results.load(d), d), overwrite=args.overwrite)
     print(f"report: {out / 'report.md'}")
     return 0
 

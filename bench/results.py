@@ -82,7 +82,7 @@ def save(result: RunResult, out: Path, render=None, overwrite: bool = False) -> 
         for name in TABLES:
             table = getattr(result, name)
             if len(table):
-                table.to_csv(tmp / f"{name}.csv", index=False)
+                table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.7g")
         np.savez_compressed(tmp / "samples.npz", **result.samples)
         if render is not None:
             render(tmp)
