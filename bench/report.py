@@ -50,9 +50,9 @@ def render(result: RunResult, out_dir: Path) -> Path:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     pc = per_class(result)
-    # Twenty distinct colours: a run often has more series than the default ten.
-    with matplotlib.rc_context({"axes.prop_cycle": matplotlib.cycler(
-            color=matplotlib.colormaps["tab20"].colors)}):
+    # Ten distinct hues, then their light shades: a run often has more than ten series.
+    colors = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]]
+    with matplotlib.rc_context({"axes.prop_cycle": matplotlib.cycler(color=colors)}):
         text = _markdown(result, pc, plots)
     path = out_dir / "report.md"
     write_text_atomic(path, text)
