@@ -25,7 +25,8 @@ def _embed(x: np.ndarray, seed: int, cache_dir: Path) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    reduced = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x / 255.0)
+    dims = min(TSNE_RECIPE["pca_dims"], *x.shape)
+    reduced = PCA(n_components=dims, random_state=seed).fit_transform(x / 255.0)
     xy = TSNE(n_components=2, init="pca", random_state=seed, max_iter=TSNE_RECIPE["max_iter"],
               perplexity=min(TSNE_RECIPE["perplexity"], (len(x) - 1) / 3)).fit_transform(reduced)
     try:

@@ -164,7 +164,6 @@ class Registry:
             values[key] = info.param(key).parse(name, text)
         return Spec(info, tuple(sorted(values.items())))
 
-
     def sweep(self, text: str) -> list[Spec]:
         """`jpeg:quality=10..95` (8 even steps) or `jpeg:quality=10/50/90`, comma-separated."""
         specs: dict[str, Spec] = {}

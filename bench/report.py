@@ -45,7 +45,6 @@ def curves(result: RunResult) -> pd.DataFrame:
 def render(result: RunResult, out_dir: Path) -> Path:
     import matplotlib
 
-    matplotlib.use("Agg")
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -343,27 +342,27 @@ def _tsne(r: RunResult, plots: Path) -> str:
     n_orig = int((r.tsne["kind"] == "original").sum())
     return "\n".join([
         "## t-SNE of originals and reconstructions", "",
-        f"{n_orig} test originals (blue) and their reconstructions by each autoencoder (red), "
+        f"{n_orig} test originals (blue rings) and their reconstructions by each autoencoder (red "
+        "dots), "
         f"{len(r.tsne)} points embedded together in one t-SNE (scikit-learn, after PCA to 50 "
-        "dimensions, seed 0), so the blue points are the same in every panel. Where red clusters "
-        "overlap blue ones, the codec keeps what makes a digit a digit.",
+        "dimensions, seed 0), so the rings are the same in every panel. A dot inside its ring: the "
+        "reconstruction keeps the original's neighbours; dots that drift show what the codec loses.",
         "", "![t-SNE](plots/tsne.png)"])
 
 
 # --- plots ----------------------------------------------------------------------------
 
-def _figure(*args, **kwargs):
-    import matplotlib.pyplot as plt
+def _figure(*args, figsize=None, **kwargs):
+    """A Figure without pyplot: no global backend or figure state is touched."""
+    from matplotlib.figure import Figure
 
-    return plt.subplots(*args, **kwargs)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_per_class(r: RunResult, pc: pd.DataFrame, path: Path) -> None:
@@ -497,13 +496,15 @@ def _plot_samples(r: RunResult, path: Path) -> None:
 
 def _plot_tsne(points: pd.DataFrame, path: Path) -> None:
     originals = points[points["kind"] == "original"]
-    codecs = [c for c in dict.fromkeys(points["codec"]) if c]
+    codecs = list(dict.fromkeys(points.loc[points["kind"] == "reconstruction", "codec"]))
     fig, axes = _figure(1, len(codecs), figsize=(4.5 * len(codecs) + 0.5, 4.2), squeeze=False,
                         sharex=True, sharey=True)
     for ax, codec in zip(axes[0], codecs):
         recon = points[points["codec"] == codec]
-        ax.scatter(originals["x"], originals["y"], s=5, c="tab:blue", alpha=0.6, label="original")
-        ax.scatter(recon["x"], recon["y"], s=5, c="tab:red", alpha=0.6, label="reconstruction")
+        # Rings and dots: a reconstruction that lands on its original shows as a dot in a ring.
+        ax.scatter(originals["x"], originals["y"], s=16, facecolors="none",
+                   edgecolors="tab:blue", linewidths=0.7, label="original")
+        ax.scatter(recon["x"], recon["y"], s=4, c="tab:red", alpha=0.8, label="reconstruction")
         ax.set_title(f"t-SNE: {codec}")
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")

@@ -76,11 +76,7 @@ def cpu_name() -> str:
 
 
 def available_devices() -> list[str]:
-    """cpu, plus cuda when PyTorch sees a GPU (without importing torch when it is not needed)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return ["cpu"]
+    """cpu, plus cuda when PyTorch sees a GPU."""
     import torch
 
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
