@@ -174,8 +174,12 @@ class Param:
         return value
 
 
-def check_images(images: Any, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Validate an encoder's input before any work starts; returns a C-contiguous uint8 array."""
+def check_images(images: Any, max_side: int = MAX_SIDE, trained: tuple | None = None,
+                 codec: str = "") -> np.ndarray:
+    """Validate an encoder's input before any work starts; returns a C-contiguous uint8 array.
+
+    `trained` is the (H, W) a learned codec was fitted on, when it takes no other size.
+    """
     if not isinstance(images, np.ndarray):
         raise ImageError(f"images must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
@@ -191,4 +195,6 @@ def check_images(images: Any, max_side: int = MAX_SIDE) -> np.ndarray:
         raise ImageError("empty batch: images has 0 images")
     if h == 0 or w == 0 or h > max_side or w > max_side:
         raise ImageError(f"image size {h}x{w} is outside 1x1 .. {max_side}x{max_side}")
+    if trained is not None and (h, w) != tuple(trained):
+        raise ImageError(f"{codec} was trained on {trained[0]}x{trained[1]} images, got {h}x{w}")
     return np.ascontiguousarray(images)

@@ -267,10 +267,7 @@ class AutoencoderCodec:
 
     def encode(self, images: np.ndarray) -> Payloads:
         model = self._require_model()
-        images = check_images(images)
-        if images.shape[1:] != model.shape:
-            raise CodecError(f"{self.name} was trained on {model.shape[0]}x{model.shape[1]} "
-                             f"images, got {images.shape[1]}x{images.shape[2]}")
+        images = check_images(images, trained=model.shape, codec=self.name)
         host = _host_tensor(images)
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
         with torch.inference_mode(), self._context():

@@ -81,10 +81,7 @@ class PCACodec:
 
     def encode(self, images: np.ndarray) -> Payloads:
         b = self._require()
-        images = check_images(images)
-        if images.shape[1:] != self.shape:
-            raise CodecError(f"{self.name} was fitted on {self.shape[0]}x{self.shape[1]} images, "
-                             f"got {images.shape[1]}x{images.shape[2]}")
+        images = check_images(images, trained=self.shape, codec=self.name)
         x = images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 255)
         c = (x - b.mean) @ b.components.T
         u = np.rint((c / b.scale + 0.5) * 255)
