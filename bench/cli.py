@@ -108,9 +108,12 @@ def _show(v) -> str:
     return str(int(v)) if isinstance(v, bool) else str(v)
 
 
-def _devices(text: str) -> list[str]:
+def _devices(text: str, specs) -> list[str]:
+    """--device: 'auto' is cpu, plus cuda when a selected codec can use it and PyTorch sees one."""
     from bench.timing import available_devices
 
+    if text == "auto" and not any("cuda" in s.info.devices for s in specs):
+        return ["cpu"]  # no need to import PyTorch just to look for a GPU
     here = available_devices()
     if text == "auto":
         return here
@@ -133,17 +136,6 @@ def _specs(args):
     if args.epochs is not None:
         specs = [with_param(s, "epochs", args.epochs) for s in specs]
     return specs
-
-
-def _runnable(specs, devices):
-    """The specs that run on a selected device; the others are named once, or all is an error."""
-    skipped = [s.canonical for s in specs if not set(s.info.devices) & set(devices)]
-    if len(skipped) == len(specs):
-        raise BenchError(f"nothing to run: {', '.join(skipped)} cannot run on "
-                         f"{', '.join(devices)} (see `bench list`, and --device)")
-    if skipped:
-        _log(f"skipping {', '.join(skipped)}: not available on {', '.join(devices)}")
-    return [s for s in specs if s.canonical not in skipped]
 
 
 def _sweeps(args, specs):
@@ -170,9 +162,12 @@ def cmd_run(args, argv) -> int:
 
     for name, minimum in (("rounds", 1), ("warmup", 0), ("batch", 1), ("epochs", 1)):
         _positive(name, getattr(args, name), minimum)
-    devices = _devices(args.device)
-    specs = _runnable(_specs(args), devices)
-    sweeps = [s for s in _sweeps(args, specs) if set(s.info.devices) & set(devices)]
+    from bench.runner import runnable
+
+    specs = _specs(args)
+    devices = _devices(args.device, specs)
+    specs = runnable(specs, devices, _log)  # before loading data: a device mistake fails fast
+    sweeps = _sweeps(args, specs)
     if args.out is not None:
         results.check_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
@@ -201,7 +196,8 @@ def cmd_train(args, argv) -> int:
 
     _positive("epochs", args.epochs, 1)
     specs = _specs(args)
-    devices = _devices(args.device)[-1:] if args.device == "auto" else _devices(args.device)
+    devices = _devices(args.device, specs)
+    devices = devices[-1:] if args.device == "auto" else devices
     if len(devices) != 1:
         raise BenchError(f"train runs on one device, got {', '.join(devices)}")
     trainable = [s for s in specs if dict(s.values).get("epochs") is not None]

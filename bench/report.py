@@ -59,15 +59,17 @@ def render(result: RunResult, out_dir: Path) -> Path:
 
 
 def _markdown(result: RunResult, pc: pd.DataFrame, plots: Path) -> str:
+    points = curves(result)
+    dominated = analysis.dominated_by(points)
     sections = [
         _header(result),
-        _summary(result),
+        _summary(result, points, dominated),
         _ae_vs_pca(result),
         _per_class(result, pc, plots),
         _ink(result, pc, plots),
         _compression_vs_error(result, plots),
-        _rate_distortion(result, plots),
-        _bd_rates(result),
+        _rate_distortion(points, dominated, plots),
+        _bd_rates(points),
         _throughput(result),
         _samples(result, plots),
         _tsne(result, plots),
@@ -105,10 +107,8 @@ def _header(r: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _summary(r: RunResult) -> str:
+def _summary(r: RunResult, points: pd.DataFrame, dom: pd.Series) -> str:
     s = _main(r)
-    points = curves(r)
-    dom = analysis.dominated_by(points)
     dominated = dict(zip(points["codec"], dom))
     df = pd.DataFrame({
         "codec": s["codec"],
@@ -251,10 +251,8 @@ def _compression_vs_error(r: RunResult, plots: Path) -> str:
     ])
 
 
-def _rate_distortion(r: RunResult, plots: Path) -> str:
-    points = curves(r)
+def _rate_distortion(points: pd.DataFrame, dom: pd.Series, plots: Path) -> str:
     _plot_rd(points, plots / "rate_distortion.png")
-    dom = analysis.dominated_by(points)
     df = pd.DataFrame({
         "codec": points["codec"], "role": points["role"], "bpp": points["bpp"].map(num),
         "bytes": points["bytes_mean"].map(lambda v: num(v, "{:.1f}")),
@@ -275,8 +273,7 @@ def _rate_distortion(r: RunResult, plots: Path) -> str:
     ])
 
 
-def _bd_rates(r: RunResult) -> str:
-    points = curves(r)
+def _bd_rates(points: pd.DataFrame) -> str:
     lossy = points[~points["lossless"]]
     ref = lossy[lossy["family"] == REFERENCE_FAMILY]
     rows = []

@@ -1,4 +1,4 @@
-"""Codecs x dataset x devices -> tidy tables. No file I/O here: results.py saves, report.py renders."""
+"""Codecs x dataset x devices -> tidy tables. results.py saves them, report.py renders them."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def sample_indices(labels: np.ndarray) -> np.ndarray:
     return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
 
 
+def runnable(specs: list[Spec], devices: list[str], log: Callable[[str], None] = _log) -> list[Spec]:
+    """The specs that run on a selected device; the others are named in one line."""
+    skipped = [s.canonical for s in specs if not set(s.info.devices) & set(devices)]
+    if specs and len(skipped) == len(specs):
+        raise CodecError(f"nothing to run: {', '.join(skipped)} cannot run on "
+                         f"{', '.join(devices)} (see `bench list`, and --device)")
+    if skipped:
+        log(f"skipping {', '.join(skipped)}: not available on {', '.join(devices)}")
+    return [s for s in specs if s.canonical not in skipped]
+
+
 def throughput_batch(images: np.ndarray, batch: int | None) -> np.ndarray:
     """The test images, tiled or cut to `batch` images."""
     if not batch or batch == len(images):
@@ -59,16 +70,13 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     keep = sample_indices(test.labels)
     rows, summaries, speed, decoded_for_tsne = [], [], [], {}
     samples = {"original": test.images[keep]}
-    jobs = [(s, "main") for s in specs] + [(s, "sweep") for s in sweeps if s not in specs]
+    specs = runnable(specs, devices, log)
+    sweeps = [s for s in sweeps if set(s.info.devices) & set(devices) and s not in specs]
+    jobs = [(s, "main") for s in specs] + [(s, "sweep") for s in sweeps]
     for spec, role in tqdm(jobs, desc="codecs", unit="codec", disable=None if progress else True):
         info = spec.info
-        supported = [d for d in devices if d in info.devices]
-        if not supported:
-            log(f"skipping {spec.canonical}: it runs on {', '.join(info.devices)}, "
-                f"this run measures {', '.join(devices)}")
-            continue
         decoded = None
-        for device in supported:
+        for device in [d for d in devices if d in info.devices]:
             codec = spec.build(device)
             if hasattr(codec, "fit"):
                 fit_kwargs = {"cache_dir": cache_dir, "progress": progress, "log": log}
@@ -92,9 +100,6 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             samples[spec.canonical] = decoded[keep]
             if info.family in tsne_families:
                 decoded_for_tsne[spec.canonical] = decoded
-    if not rows:
-        raise CodecError(f"nothing to run: none of {', '.join(s.canonical for s in specs)} "
-                         f"runs on {', '.join(devices)}")
     per_image = pd.concat(rows, ignore_index=True)
     throughput = pd.DataFrame(speed)
     summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape, devices[0])

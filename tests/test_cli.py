@@ -139,3 +139,13 @@ def test_train_then_run_reuses_the_model(tmp_path):
     proc = bench("train", "--codecs", "ae99", "--epochs", "1", "--dataset", "mnist-5k",
                  "--cache-dir", str(cache))
     assert "ae99:epochs=1: cached" in proc.stdout
+
+
+def test_run_of_classical_codecs_does_not_import_torch(tmp_path):
+    code = ("import sys; from bench.cli import main; "
+            f"rc = main(['run', '--codecs', 'png,zlib', '--dataset', 'mnist-5k', '--rounds', '1', "
+            f"'--out', {str(tmp_path / 'out')!r}]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "NO-TORCH" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
