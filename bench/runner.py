@@ -127,17 +127,18 @@ def _throughput(codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
         "codec": spec.canonical, "device": device, "device_name": device_name(device),
         "direction": direction, "batch": len(batch), "rounds": len(t.seconds),
         "median_img_s": t.median_img_s, "min_img_s": t.min_img_s, "max_img_s": t.max_img_s,
-        "psnr_db": psnr, "precision": _precision(codec),
+        "psnr_db": psnr, "precision": precision(codec),
         "library": getattr(codec, "library", ""),
     } for direction, t in (("encode", enc), ("decode", dec))]
 
 
-def _precision(codec) -> str:
-    """fp32, or bf16 with what it costs in PSNR where the codec measured that."""
+def precision(codec) -> str:
+    """A float codec's arithmetic, with bf16's cost in PSNR where the codec measured it; '–' for
+    the classical codecs, whose libraries work on integers."""
     delta = getattr(codec, "bf16_psnr_delta", None)
-    if delta is None:
-        return "fp32"
-    return f"{'bf16' if codec.autocast else 'fp32'} (bf16 {delta:+.3f} dB vs fp32)"
+    if delta is not None:
+        return f"{'bf16' if codec.autocast else 'fp32'} (bf16 {delta:+.3f} dB vs fp32)"
+    return getattr(codec, "precision", "–")
 
 
 def _accepted(fn, kwargs: dict) -> dict:

@@ -26,7 +26,11 @@ from bench_codecs.pca import fit_pca
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
           "width": 32}
-CHUNK = 65536  # images per forward pass, to bound memory on huge batches
+# Images per forward pass. On the CPU, a chunk whose activations stay in cache is 1.2-2.4x faster
+# than one pass over the whole batch (measured on 2 cores at batches of 1,024 and 8,192); on CUDA the
+# chunk only bounds memory on huge batches.
+CHUNK = {"cpu": 256, "cuda": 65536}
+BF16_MAX_PSNR_DELTA_DB = 0.05  # bf16 inference is used only when it moves PSNR by at most this
 
 
 class SubPixelConvTranspose(nn.Module):
@@ -173,12 +177,13 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 class AutoencoderCodec:
     lossless = False
+    precision = "fp32"  # until calibrate_bf16 measures bf16 (CUDA)
 
     def __init__(self, latent: int, epochs: int = 8, seed: int = 0, device: str = "cpu"):
         self.name = f"ae(latent={latent})"
         self.latent, self.epochs, self.seed, self.device = latent, epochs, seed, device
         self.model: Autoencoder | None = None
-        self.autocast = False  # bf16 on CUDA, when it costs under 0.05 dB (see calibrate_bf16)
+        self.autocast = False  # bf16 on CUDA, within BF16_MAX_PSNR_DELTA_DB (see calibrate_bf16)
         self.bf16_psnr_delta: float | None = None
         self.trained_now = False
         self.losses: list[float] = []
@@ -235,7 +240,10 @@ class AutoencoderCodec:
             self.calibrate_bf16(images[:4096])
 
     def calibrate_bf16(self, images: np.ndarray) -> None:
-        """Use bf16 autocast only when the decoded images' PSNR moves by at most 0.05 dB."""
+        """Use bf16 autocast only when the decoded images' PSNR moves by BF16_MAX_PSNR_DELTA_DB or less.
+
+        Runs on CUDA after loading; on the CPU only when called (the tests check the decision there).
+        """
         from bench.metrics import mse, psnr_from_mse
 
         self.autocast = False
@@ -244,7 +252,7 @@ class AutoencoderCodec:
         bf16 = self.decode(self.encode(images))
         delta = float(psnr_from_mse(mse(images, bf16).mean()) - psnr_from_mse(mse(images, fp32).mean()))
         self.bf16_psnr_delta = delta
-        self.autocast = abs(delta) <= 0.05
+        self.autocast = abs(delta) <= BF16_MAX_PSNR_DELTA_DB
 
     @property
     def side_info_bytes(self) -> int:
@@ -260,31 +268,33 @@ class AutoencoderCodec:
 
     # -- coding --------------------------------------------------------------------------
 
+    @property
+    def _chunk(self) -> int:
+        return CHUNK[torch.device(self.device).type]
+
     def _context(self):
-        if self.autocast:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def encode(self, images: np.ndarray) -> Payloads:
         model = self._require_model()
         images = check_images(images, trained=model.shape, codec=self.name)
-        host = _host_tensor(images)
+        host, chunk = _host_tensor(images), self._chunk
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
-            for i in range(0, len(images), CHUNK):
-                x = host[i : i + CHUNK].to(self.device, non_blocking=True).unsqueeze(1)
+            for i in range(0, len(images), chunk):
+                x = host[i : i + chunk].to(self.device, non_blocking=True).unsqueeze(1)
                 x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
                 z = model.encoder(x)
-                out[i : i + CHUNK] = z.float().mul_(255).round_().to(torch.uint8).cpu()
+                out[i : i + chunk] = z.float().mul_(255).round_().to(torch.uint8).cpu()
         return Payloads.from_array(out.numpy())
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         model = self._require_model()
-        host = _host_tensor(fixed_rate_rows(payloads, self.latent, self.name))
+        host, chunk = _host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
         out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
-            for i in range(0, len(host), CHUNK):
-                z = host[i : i + CHUNK].to(self.device, non_blocking=True).float().div_(255)
+            for i in range(0, len(host), chunk):
+                z = host[i : i + chunk].to(self.device, non_blocking=True).float().div_(255)
                 y = model.decoder(z)
-                out[i : i + CHUNK] = y.float().mul_(255).round_().to(torch.uint8).squeeze(1).cpu()
+                out[i : i + chunk] = y.float().mul_(255).round_().to(torch.uint8).squeeze(1).cpu()
         return out.numpy()

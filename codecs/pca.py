@@ -56,6 +56,7 @@ def fit_pca(images: np.ndarray, k: int) -> PCABasis:
 
 class PCACodec:
     lossless = False
+    precision = "fp32"
 
     def __init__(self, latent: int):
         self.name = f"pca(latent={latent})"

@@ -4,6 +4,8 @@ import torch
 
 from bench.codec import CodecError, PayloadError
 from bench.registry import get_codec
+from bench.runner import precision
+from bench_codecs import autoencoder
 from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec, train_autoencoder
 
 
@@ -142,3 +144,21 @@ def test_default_recipe_beats_its_pca_control_by_a_decibel(level, mnist5k, tmp_p
         codec.fit(mnist5k.train.images, **kwargs)
         psnr[family] = psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean())
     assert psnr["ae"] >= psnr["pca"] + 1.0, psnr
+
+
+def test_bf16_is_used_only_within_its_psnr_budget(ae39, mnist5k, monkeypatch):
+    # The decision that runs on CUDA after loading, made here on the CPU's bf16 autocast.
+    x = mnist5k.test.images
+    fp32 = ae39.decode(ae39.encode(x))
+    try:
+        ae39.calibrate_bf16(x)
+        delta = ae39.bf16_psnr_delta
+        assert delta is not None and delta != 0  # bf16 really ran: some pixels moved
+        assert ae39.autocast == (abs(delta) <= autoencoder.BF16_MAX_PSNR_DELTA_DB)
+        monkeypatch.setattr(autoencoder, "BF16_MAX_PSNR_DELTA_DB", abs(delta) / 2)
+        ae39.calibrate_bf16(x)
+        assert not ae39.autocast  # over budget: back to fp32, bit-identical to plain inference
+        assert np.array_equal(ae39.decode(ae39.encode(x)), fp32)
+        assert precision(ae39) == f"fp32 (bf16 {delta:+.3f} dB vs fp32)"  # the throughput table's
+    finally:
+        ae39.autocast, ae39.bf16_psnr_delta = False, None

@@ -1,4 +1,5 @@
-"""GPU checks: skipped cleanly without CUDA (CI has none); scripts/gpu_check.sh runs them."""
+"""The AE on CUDA: skipped cleanly without a device (CI has none); scripts/gpu_check.sh runs these
+and the CUDA cases of test_nvjpeg.py."""
 
 import numpy as np
 import pytest
@@ -37,20 +38,3 @@ def test_gpu_batch_has_no_per_image_python_loop(ae_pair, mnist5k):
     assert payloads.as_array().shape == (len(big), 39)
     assert gpu.decode(payloads).shape == big.shape
 
-
-def test_nvjpeg_round_trip_quality(mnist5k):
-    codec = get_codec("nvjpeg", device="cuda")
-    x = mnist5k.test.images
-    payloads = codec.encode(x)
-    decoded = codec.decode(payloads)
-    assert decoded.shape == x.shape and decoded.dtype == np.uint8
-    assert psnr_from_mse(mse(x, decoded).mean()) > 30
-    cpu_jpeg = get_codec("jpeg").decode(payloads)  # standard JPEG files: libjpeg reads them too
-    assert np.abs(cpu_jpeg.astype(int) - decoded.astype(int)).max() <= 2
-
-
-def test_nvjpeg_refuses_garbage():
-    from bench.codec import PayloadError
-
-    with pytest.raises(PayloadError):
-        get_codec("nvjpeg", device="cuda").decode([b"\xff\xd8 not a jpeg"])
