@@ -26,8 +26,8 @@ from bench_codecs.pca import fit_pca
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
           "width": 32}
-# Images per forward pass. On the CPU, a chunk whose activations stay in cache is 1.2-2.4x faster
-# than one pass over the whole batch (measured on 2 cores at batches of 1,024 and 8,192); on CUDA the
+# Images per forward pass. On the CPU, a chunk whose activations stay in cache is faster than one
+# pass over the whole batch: about 1.1x at a batch of 1,024 and 2-2.5x at 8,192 (2 cores); on CUDA the
 # chunk only bounds memory on huge batches.
 CHUNK = {"cpu": 256, "cuda": 65536}
 BF16_MAX_PSNR_DELTA_DB = 0.05  # bf16 inference is used only when it moves PSNR by at most this
