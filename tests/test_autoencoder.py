@@ -159,6 +159,6 @@ def test_bf16_is_used_only_within_its_psnr_budget(ae39, mnist5k, monkeypatch):
         ae39.calibrate_bf16(x)
         assert not ae39.autocast  # over budget: back to fp32, bit-identical to plain inference
         assert np.array_equal(ae39.decode(ae39.encode(x)), fp32)
-        assert precision(ae39) == f"fp32 (bf16 {delta:+.3f} dB vs fp32)"  # the throughput table's
+        assert precision(ae39) == f"fp32 (bf16 {delta:+.3f} dB vs fp32)"  # as the throughput table shows it
     finally:
         ae39.autocast, ae39.bf16_psnr_delta = False, None
