@@ -178,24 +178,21 @@ def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
              "Per codec and class (the test images' labels). In each table **bold** marks the best "
              "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM).",
              "", "![PSNR per class](plots/per_class_psnr.png)"]
+    metric_tables = (("mse", "MSE", "{:.5f}"), ("psnr_db", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
+    extremes = {m: analysis.class_extremes(pc, m, higher_is_better=m != "mse").set_index("codec")
+                for m, _, _ in metric_tables}
     family = r.summary.set_index("codec")["family"]
-    by_mse = analysis.class_extremes(pc, "mse").set_index("codec")
+    by_mse = extremes["mse"]
     ae = [c for c in by_mse.index if family.get(c) == "ae"]
     if ae and r.meta["dataset"].startswith("mnist"):
         found = "; ".join(f"{c}: easiest {by_mse.loc[c, 'best_class']}, hardest "
                           f"{by_mse.loc[c, 'worst_class']}" for c in ae)
         parts[2:2] = ["The published experiment found digit 1 the easiest and digit 2 (at 95 %) or "
                       f"8 (at 99 %) the hardest. This run, by MSE: {found}.", ""]
-    classes = r.meta["classes"]
-    for metric, title, fmt in (("mse", "MSE", "{:.5f}"), ("psnr_db", "PSNR (dB)", "{:.2f}"),
-                               ("ssim", "SSIM", "{:.4f}")):
-        higher_is_better = metric != "mse"
-        extremes = analysis.class_extremes(pc, metric, higher_is_better).set_index("codec")
-        wide = pc.pivot_table(index="codec", columns="class", values=metric, sort=False)
-        wide = wide.reindex(columns=[c for c in classes if c in wide.columns])
+    for metric, title, fmt in metric_tables:
         rows = []
-        for codec, row in wide.iterrows():
-            best, worst = extremes.loc[codec, "best_class"], extremes.loc[codec, "worst_class"]
+        for codec, row in _by_class(pc, metric, r.meta["classes"]).iterrows():
+            best, worst = (extremes[metric].loc[codec, k] for k in ("best_class", "worst_class"))
             cells = {"codec": codec}
             for cls, v in row.items():
                 text = num(v, fmt)
@@ -205,6 +202,12 @@ def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
         parts += ["", f"### {title}", "", table(pd.DataFrame(rows))]
     _plot_per_class(r, pc, plots / "per_class_psnr.png")
     return "\n".join(parts)
+
+
+def _by_class(pc: pd.DataFrame, metric: str, classes: list[str]) -> pd.DataFrame:
+    """Codecs x classes of one metric, classes in the dataset's order."""
+    wide = pc.pivot_table(index="codec", columns="class", values=metric, sort=False)
+    return wide.reindex(columns=[c for c in classes if c in wide.columns])
 
 
 def _ink(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
@@ -366,8 +369,7 @@ def _plot_per_class(r: RunResult, pc: pd.DataFrame, path: Path) -> None:
     """A heatmap: codecs x classes, coloured and labelled by PSNR."""
     lossy = pc[np.isfinite(pc["psnr_db"])]
     classes = r.meta["classes"]
-    wide = lossy.pivot_table(index="codec", columns="class", values="psnr_db", sort=False)
-    wide = wide.reindex(columns=[c for c in classes if c in wide.columns])
+    wide = _by_class(lossy, "psnr_db", classes)
     fig, ax = _figure(figsize=(1.0 + 0.75 * max(len(wide.columns), 4), 1.0 + 0.38 * max(len(wide), 2)))
     if wide.empty:
         ax.text(0.5, 0.5, "every codec in this run is lossless (PSNR ∞)", ha="center")

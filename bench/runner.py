@@ -39,9 +39,14 @@ def sample_indices(labels: np.ndarray) -> np.ndarray:
     return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
 
 
+def devices_for(spec: Spec, devices: list[str]) -> list[str]:
+    """The selected devices that `spec` runs on, in the selected order."""
+    return [d for d in devices if d in spec.info.devices]
+
+
 def runnable(specs: list[Spec], devices: list[str], log: Callable[[str], None] = _log) -> list[Spec]:
     """The specs that run on a selected device; the others are named in one line."""
-    skipped = [s.canonical for s in specs if not set(s.info.devices) & set(devices)]
+    skipped = [s.canonical for s in specs if not devices_for(s, devices)]
     if specs and len(skipped) == len(specs):
         raise CodecError(f"nothing to run: {', '.join(skipped)} cannot run on "
                          f"{', '.join(devices)} (see `bench list`, and --device)")
@@ -71,12 +76,11 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     rows, summaries, speed, decoded_for_tsne = [], [], [], {}
     samples = {"original": test.images[keep]}
     specs = runnable(specs, devices, log)
-    sweeps = [s for s in sweeps if set(s.info.devices) & set(devices) and s not in specs]
+    sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
     jobs = [(s, "main") for s in specs] + [(s, "sweep") for s in sweeps]
     for spec, role in tqdm(jobs, desc="codecs", unit="codec", disable=None if progress else True):
-        info = spec.info
         decoded = None
-        for device in [d for d in devices if d in info.devices]:
+        for device in devices_for(spec, devices):
             codec = spec.build(device)
             if hasattr(codec, "fit"):
                 fit_kwargs = {"cache_dir": cache_dir, "progress": progress, "log": log}
@@ -98,7 +102,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
         rows.append(frame)
         if role == "main":
             samples[spec.canonical] = decoded[keep]
-            if info.family in tsne_families:
+            if spec.info.family in tsne_families:
                 decoded_for_tsne[spec.canonical] = decoded
     per_image = pd.concat(rows, ignore_index=True)
     throughput = pd.DataFrame(speed)

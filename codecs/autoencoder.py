@@ -21,6 +21,7 @@ from torch import nn
 
 from bench.cache import atomic_write, default_cache_dir
 from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows
+from bench_codecs.host import host_tensor
 from bench_codecs.pca import fit_pca
 
 ARCH_VERSION = 1
@@ -166,11 +167,6 @@ def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
     return model.eval(), losses
 
 
-def _host_tensor(array: np.ndarray) -> torch.Tensor:
-    """Shares memory when it can; a read-only array (payloads from bytes) is copied once."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
 def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -232,7 +228,7 @@ class AutoencoderCodec:
         except Exception as exc:  # any unreadable file is retrained, never trusted
             log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
             return None
-        return model.to(self.device).eval()
+        return model  # _after_load puts it on the device, in inference form
 
     def _after_load(self, images: np.ndarray) -> None:
         self.model = self.model.for_inference().to(self.device)
@@ -278,7 +274,7 @@ class AutoencoderCodec:
     def encode(self, images: np.ndarray) -> Payloads:
         model = self._require_model()
         images = check_images(images, trained=model.shape, codec=self.name)
-        host, chunk = _host_tensor(images), self._chunk
+        host, chunk = host_tensor(images), self._chunk
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
             for i in range(0, len(images), chunk):
@@ -290,7 +286,7 @@ class AutoencoderCodec:
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         model = self._require_model()
-        host, chunk = _host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
+        host, chunk = host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
         out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
         with torch.inference_mode(), self._context():
             for i in range(0, len(host), chunk):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bench.codec import CodecError, PayloadError, Payloads, check_images, payloads_to_decode
+from bench_codecs.host import host_tensor
 
 
 class NvJpeg:
@@ -38,19 +39,16 @@ class NvJpeg:
         images = check_images(images)
         gpu = torch.from_numpy(images).to(self.device).unsqueeze(1).expand(-1, 3, -1, -1)
         encoded = encode_jpeg(list(gpu.contiguous()), quality=self.quality)
-        sizes = torch.tensor([len(e) for e in encoded])
-        buffer = torch.cat(encoded).cpu().numpy()
-        return Payloads(buffer, np.concatenate([[0], np.cumsum(sizes.numpy())]))
+        sizes = [e.numel() for e in encoded]
+        return Payloads(torch.cat(encoded).cpu().numpy(), np.concatenate([[0], np.cumsum(sizes)]))
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         payloads = payloads_to_decode(payloads, self.name)
-        host = torch.from_numpy(payloads.buffer.copy())
-        offsets = payloads.offsets
-        chunks = [host[offsets[i] : offsets[i + 1]] for i in range(len(payloads))]
+        chunks = torch.split(host_tensor(payloads.buffer), payloads.sizes.tolist())
         try:
-            decoded = decode_jpeg(chunks, mode=ImageReadMode.GRAY, device=self.device)
+            decoded = decode_jpeg(list(chunks), mode=ImageReadMode.GRAY, device=self.device)
         except RuntimeError as exc:
             raise PayloadError(f"{self.name}: a payload is not a valid JPEG stream: {exc}") from None
         shapes = {tuple(d.shape) for d in decoded}
