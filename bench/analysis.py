@@ -52,33 +52,204 @@ def dominated_by(points: pd.DataFrame, rate: str = "bytes_mean", quality: str = 
     return pd.Series(out, index=points.index)
 
 
-def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float:
-    """Bjøntegaard delta rate of B against A in percent (negative: B needs fewer bits).
+# --- curves, BD-rate and the verdict -----------------------------------------------------------
 
-    log-rate is fitted as a polynomial of PSNR (cubic with 4+ points, lower with fewer) and
-    integrated over the PSNR range both curves cover. NaN when they do not overlap.
-    """
-    a = _curve(rate_a, psnr_a)
-    b = _curve(rate_b, psnr_b)
-    if a is None or b is None:
+BD_METHODS = ("pchip", "cubic", "akima")  # the bjontegaard package's interpolations; pchip as JVET
+MIN_POINTS = {"pchip": 2, "akima": 2, "cubic": 4}  # per curve, inside the common range
+MIN_OVERLAP_DB = 0.5  # a narrower common PSNR range gives no BD number
+QUALITY = {"psnr": "psnr_db", "ssim": "ssim"}
+
+
+def front(points: pd.DataFrame, quality: str = "psnr_db", cost: str = "bytes_mean") -> pd.DataFrame:
+    """A curve's points that no cheaper (or equal) point of the same curve matches in quality,
+    sorted by cost: quality strictly increases along it. Other points are dominated by their own
+    curve and would make the interpolation non-monotone."""
+    p = points[np.isfinite(points[quality]) & np.isfinite(points[cost])]
+    p = p.sort_values([cost, quality], ascending=[True, False], kind="stable")
+    keep, best = [], -np.inf
+    for index, q in zip(p.index, p[quality]):
+        if q > best:
+            keep.append(index)
+            best = q
+    return p.loc[keep]
+
+
+def cost_at(curve_front: pd.DataFrame, target: float, quality: str = "psnr_db",
+            cost: str = "bytes_mean") -> float:
+    """The cost at `target` quality, interpolated (PCHIP on log cost) between measured points;
+    NaN outside the measured range: never extrapolated."""
+    q, c = curve_front[quality].to_numpy(float), np.log(curve_front[cost].to_numpy(float))
+    if len(q) == 0 or not q[0] <= target <= q[-1]:
         return float("nan")
-    lo, hi = max(a[1].min(), b[1].min()), min(a[1].max(), b[1].max())
-    if not hi > lo:
-        return float("nan")
-    integrals = []
-    for log_rate, psnr in (a, b):
-        deg = min(3, len(psnr) - 1)
-        poly = np.polyint(np.polyfit(psnr, log_rate, deg))
-        integrals.append((np.polyval(poly, hi) - np.polyval(poly, lo)) / (hi - lo))
-    return float((np.exp(integrals[1] - integrals[0]) - 1) * 100)
+    if len(q) == 1:
+        return float(np.exp(c[0]))
+    from scipy.interpolate import PchipInterpolator
+
+    return float(np.exp(PchipInterpolator(q, c)(target)))
 
 
-def _curve(rate, psnr):
-    rate, psnr = np.asarray(rate, float), np.asarray(psnr, float)
-    ok = np.isfinite(rate) & np.isfinite(psnr) & (rate > 0)
-    if ok.sum() < 2:
-        return None
-    return np.log(rate[ok]), psnr[ok]
+def lossy_curves(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {name: g for name, g in summary[~summary["lossless"]].groupby("curve", sort=False)}
+
+
+def bd_table(summary: pd.DataFrame, method: str = "pchip") -> pd.DataFrame:
+    """BD-rate and BD-PSNR of every lossy curve against every other, each over its own common
+    range (PSNR for BD-rate, rate for BD-PSNR), with `note` saying why a pair has no number."""
+    import warnings
+
+    import bjontegaard
+
+    fronts = {name: front(g) for name, g in lossy_curves(summary).items()}
+    rows = []
+    for family, f in fronts.items():
+        for anchor, a in fronts.items():
+            if family == anchor:
+                continue
+            lo = max(f["psnr_db"].min(), a["psnr_db"].min())
+            hi = min(f["psnr_db"].max(), a["psnr_db"].max())
+            bytes_lo = max(f["bytes_mean"].min(), a["bytes_mean"].min())
+            bytes_hi = min(f["bytes_mean"].max(), a["bytes_mean"].max())
+            inside = [int(((g["psnr_db"] >= lo - 1e-9) & (g["psnr_db"] <= hi + 1e-9)).sum())
+                      for g in (f, a)]
+            row = {"family": family, "anchor": anchor, "method": method,
+                   "bd_rate_pct": np.nan, "bd_psnr_db": np.nan,
+                   "psnr_low_db": lo if hi > lo else np.nan, "psnr_high_db": hi if hi > lo else np.nan,
+                   "bytes_low": bytes_lo if bytes_hi > bytes_lo else np.nan,
+                   "bytes_high": bytes_hi if bytes_hi > bytes_lo else np.nan,
+                   "points_in_overlap": inside[0], "anchor_points_in_overlap": inside[1],
+                   "note": ""}
+            need = MIN_POINTS[method]
+            if min(len(f), len(a)) < need:
+                short, n = (family, len(f)) if len(f) < need else (anchor, len(a))
+                row["note"] = f"{short} has {n} point(s) on its curve; {method} needs {need}"
+            elif not hi > lo:
+                row["note"] = "no common PSNR range"
+            elif hi - lo < MIN_OVERLAP_DB:
+                row["note"] = f"common PSNR range {hi - lo:.2f} dB < {MIN_OVERLAP_DB} dB"
+            elif min(inside) < need:
+                short = family if inside[0] < need else anchor
+                row["note"] = (f"{short} has {min(inside)} point(s) in {lo:.1f}–{hi:.1f} dB; "
+                               f"{method} needs {need}")
+            else:
+                args = (a["bytes_mean"], a["psnr_db"], f["bytes_mean"], f["psnr_db"])
+                options = {"method": method, "require_matching_points": False, "min_overlap": 0}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # its overlap warning: checked above
+                    row["bd_rate_pct"] = bjontegaard.bd_rate(*args, **options)
+                    if bytes_hi > bytes_lo:
+                        row["bd_psnr_db"] = bjontegaard.bd_psnr(*args, **options)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=BD_COLUMNS)
+
+
+BD_COLUMNS = ["family", "anchor", "method", "bd_rate_pct", "bd_psnr_db", "psnr_low_db",
+              "psnr_high_db", "bytes_low", "bytes_high", "points_in_overlap",
+              "anchor_points_in_overlap", "note"]
+
+
+def cost_column(summary: pd.DataFrame, amortize: int | None) -> pd.Series:
+    """Bytes per image; with `amortize` N, plus each codec's side information spread over N."""
+    if amortize is None:
+        return summary["bytes_mean"]
+    return summary["bytes_mean"] + summary["side_info_bytes"] / amortize
+
+
+def candidates(summary: pd.DataFrame, metric: str, target: float,
+               amortize: int | None = None) -> pd.DataFrame:
+    """Every curve's cost at a target quality, cheapest first: lossy curves interpolated on their
+    measured range, lossless codecs at their own size (they reach any target). `setting` is the
+    cheapest measured point of the curve at or above the target: the spec a user would run."""
+    quality = QUALITY[metric]
+    s = summary.assign(cost=cost_column(summary, amortize))
+    rows = []
+    for curve, g in s[~s["lossless"]].groupby("curve", sort=False):
+        f = front(g, quality, "cost")
+        cost = cost_at(f, target, quality, "cost")
+        if np.isfinite(cost):
+            rows.append({"curve": curve, "cost": cost, "learned": bool(g["learned"].iloc[0]),
+                         "setting": f[f[quality] >= target - 1e-12].iloc[0]["codec"]})
+    for _, r in s[s["lossless"]].iterrows():
+        rows.append({"curve": r["curve"], "cost": r["cost"], "learned": bool(r["learned"]),
+                     "setting": r["codec"]})
+    out = pd.DataFrame(rows, columns=["curve", "cost", "learned", "setting"])
+    return out.sort_values("cost", kind="stable").reset_index(drop=True)
+
+
+def verdict(summary: pd.DataFrame, targets: list[tuple[str, float]],
+            amortize: int | None = None) -> pd.DataFrame:
+    """For each target quality: the cheapest codec and the runner-up (see `candidates`)."""
+    by_codec = summary.set_index("codec")
+    rows = []
+    for metric, target in targets:
+        c = candidates(summary, metric, target, amortize)
+        row = {"metric": metric, "target": target, "amortize": amortize or 0}
+        for rank, prefix in ((0, ""), (1, "runner_up_")):
+            if len(c) > rank:
+                pick = c.iloc[rank]
+                at = by_codec.loc[pick["setting"]]
+                row.update({f"{prefix}curve": pick["curve"], f"{prefix}bytes": pick["cost"],
+                            f"{prefix}learned": pick["learned"], f"{prefix}setting": pick["setting"],
+                            f"{prefix}setting_bytes": at["bytes_mean"],
+                            f"{prefix}setting_quality": at[QUALITY[metric]],
+                            f"{prefix}side_info_bytes": at["side_info_bytes"],
+                            f"{prefix}encode_img_s": at.get("encode_img_s", np.nan),
+                            f"{prefix}decode_img_s": at.get("decode_img_s", np.nan)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict_settings(summary: pd.DataFrame, targets: list[tuple[str, float]],
+                     amortize: int) -> list[str]:
+    """The specs the verdict tables name (per file and amortised): their speed is measured."""
+    names = []
+    for n in (None, amortize):
+        v = verdict(summary, targets, n)
+        for col in ("setting", "runner_up_setting"):
+            if col in v:
+                names += v[col].dropna().tolist()
+    return list(dict.fromkeys(names))
+
+
+def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
+    """For each learned codec: after how many images its side information is paid back by its
+    byte savings against the cheapest classical codec at the same quality (lossy: at its PSNR,
+    interpolated on each classical sweep; lossless: against classical lossless codecs)."""
+    classical = summary[~summary["learned"]]
+    lossy_fronts = {c: front(g) for c, g in lossy_curves(classical).items()}
+    rows = []
+    for _, r in summary.iterrows():
+        out = {"codec": r["codec"], "breakeven_images": np.nan, "breakeven_reference": "",
+               "breakeven_note": ""}
+        if not r["learned"]:
+            rows.append(out)
+            continue
+        if r["lossless"]:
+            refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
+                    for _, c in classical[classical["lossless"]].iterrows()]
+            where = "lossless"
+        else:
+            refs = []
+            for curve, f in lossy_fronts.items():
+                b = cost_at(f, r["psnr_db"])
+                if np.isfinite(b):
+                    side = f[f["psnr_db"] >= r["psnr_db"] - 1e-12].iloc[0]["side_info_bytes"]
+                    refs.append((curve, b, side))
+            where = f"at {r['psnr_db']:.2f} dB"
+        if not refs:
+            out["breakeven_note"] = ("no classical lossless codec in this run" if r["lossless"] else
+                                     f"no classical lossy curve in this run reaches {r['psnr_db']:.2f} dB")
+            rows.append(out)
+            continue
+        name, ref_bytes, ref_side = min(refs, key=lambda t: t[1])
+        out["breakeven_reference"] = f"{name} ({ref_bytes:.1f} B {where})"
+        saved = ref_bytes - r["bytes_mean"]
+        if saved <= 0:
+            out["breakeven_images"] = np.inf
+            out["breakeven_note"] = f"{name} is smaller {where}: {ref_bytes:.1f} B vs {r['bytes_mean']:.1f} B"
+        else:
+            out["breakeven_images"] = max(1.0, float(np.ceil((r["side_info_bytes"] - ref_side) / saved)))
+        rows.append(out)
+    return pd.DataFrame(rows)
 
 
 def class_extremes(per_class: pd.DataFrame, metric: str = "mse",

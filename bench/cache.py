@@ -19,8 +19,16 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("aecodec-bench"))
 
 
+def usual_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give under the current umask (0644 / 0755 under 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through `write(file)` into a temporary sibling, then rename it over `path`."""
+    """Write through `write(file)` into a temporary sibling, then rename it over `path`. The file
+    gets the usual permissions, not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,6 +36,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), usual_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

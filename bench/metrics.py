@@ -52,7 +52,9 @@ def ink(images: np.ndarray) -> np.ndarray:
     return (images > INK_THRESHOLD).sum(axis=(1, 2))
 
 
-def per_image(original: np.ndarray, decoded: np.ndarray, sizes: np.ndarray) -> pd.DataFrame:
+def per_image(original: np.ndarray, decoded: np.ndarray, sizes: np.ndarray,
+              model_bits: np.ndarray | None = None) -> pd.DataFrame:
+    """`model_bits`: the code length a codec's probability model predicts (NaN when it has none)."""
     pixels = original.shape[1] * original.shape[2]
     m = mse(original, decoded)
     n_ink = ink(original)
@@ -60,6 +62,7 @@ def per_image(original: np.ndarray, decoded: np.ndarray, sizes: np.ndarray) -> p
         per_ink = np.where(n_ink > 0, m * 100.0 / n_ink, np.nan)
     return pd.DataFrame({
         "bytes": sizes.astype(np.int64),
+        "model_bytes": np.full(len(sizes), np.nan) if model_bits is None else model_bits / 8.0,
         "bpp": sizes * 8.0 / pixels,
         "mse": m,
         "psnr_db": psnr_from_mse(m),
@@ -76,6 +79,7 @@ def aggregate(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         images=("mse", "size"),
         bytes_mean=("bytes", "mean"),
         bytes_std=("bytes", "std"),
+        model_bytes_mean=("model_bytes", "mean"),
         bpp=("bpp", "mean"),
         mse=("mse", "mean"),
         mse_std=("mse", "std"),

@@ -30,7 +30,9 @@ class CodecInfo:
     params: tuple[Param, ...] = ()
     devices: tuple[str, ...] = ("cpu",)
     origin: str = "built-in"
-    family: str = field(default="", compare=False)  # groups curves in plots, e.g. "ae", "pca"
+    family: str = field(default="", compare=False)  # names shared by one curve, e.g. "ae", "pca"
+    rate_param: str = ""  # the parameter that moves along the family's rate–distortion curve
+    learned: bool = False  # fitted on the training split
 
     def load(self) -> Callable[..., Codec]:
         if callable(self.factory):
@@ -53,9 +55,18 @@ class Spec:
 
     @property
     def canonical(self) -> str:
+        return self._name(self.info.name, ())
+
+    @property
+    def curve(self) -> str:
+        """The rate–distortion curve this point lies on: its family and every parameter but the
+        rate parameter, so `jpeg:optimize=1` and `jpeg` are two curves."""
+        return self._name(self.info.family or self.info.name, (self.info.rate_param,))
+
+    def _name(self, head: str, skip: tuple[str, ...]) -> str:
         defaults = {p.name: p.default for p in self.info.params}
-        parts = [f"{k}={_fmt(v)}" for k, v in self.values if v != defaults[k]]
-        return ":".join([self.info.name, *parts])
+        parts = [f"{k}={_fmt(v)}" for k, v in self.values if v != defaults[k] and k not in skip]
+        return ":".join([head, *parts])
 
     def build(self, device: str = "cpu") -> Codec:
         if device not in self.info.devices:
@@ -102,14 +113,18 @@ class Registry:
             return
         try:
             factory = ep.load()
+            if not (isinstance(factory, type) and issubclass(factory, Codec)):
+                raise TypeError(f"{ep.value} is not a subclass of bench.Codec")
             info = CodecInfo(
                 name=ep.name,
                 factory=factory,
                 lossless=bool(factory.lossless),
-                description=str(getattr(factory, "description", "")),
-                params=tuple(getattr(factory, "params", ())),
-                devices=tuple(getattr(factory, "devices", ("cpu",))),
+                description=str(factory.description),
+                params=tuple(factory.params),
+                devices=tuple(factory.devices),
                 origin=origin,
+                rate_param=factory.rate_param,
+                learned=bool(factory.learned),
             )
         except Exception as exc:  # a broken plugin must not take the others down
             self.problems[ep.name] = f"codec plugin {ep.name!r} from {origin} failed to load: {exc!r}"

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import analysis, metrics
-from bench.results import write_text_atomic
-from bench.runner import RunResult
+from bench.results import write_csv_atomic, write_text_atomic
+from bench.runner import RunResult, VerdictOptions
 
-REFERENCE_FAMILY = "jpeg"
 LATENT_FAMILIES = ("ae", "pca")
 
 
@@ -37,39 +37,67 @@ def per_class(result: RunResult) -> pd.DataFrame:
 
 
 def curves(result: RunResult) -> pd.DataFrame:
-    """Every point (main and sweep) with its family, sorted by rate within each family."""
-    s = result.summary.copy()
-    return s.sort_values(["family", "bpp"]).reset_index(drop=True)
+    """Every point (main and sweep) with its curve, sorted by rate within each curve."""
+    return result.summary.sort_values(["curve", "bpp"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The tables derived from a run's summary, computed once per rendering."""
+
+    points: pd.DataFrame  # every point, sorted by curve and rate
+    dominated: pd.Series
+    bd: pd.DataFrame
+    verdict: pd.DataFrame  # per file
+    verdict_at_scale: pd.DataFrame  # side information spread over `amortize` images
+    amortize: int
+    bd_method: str
+
+
+def analyse(result: RunResult) -> Analysis:
+    options = result.meta.get("verdict", {})
+    defaults = VerdictOptions()
+    v = VerdictOptions(tuple(options.get("psnr_targets", defaults.psnr_targets)),
+                       tuple(options.get("ssim_targets", defaults.ssim_targets)),
+                       int(options.get("amortize", defaults.amortize)),
+                       options.get("bd_method", defaults.bd_method))
+    points = curves(result)
+    return Analysis(points, analysis.dominated_by(points), analysis.bd_table(points, v.bd_method),
+                    analysis.verdict(points, v.targets), analysis.verdict(points, v.targets, v.amortize),
+                    v.amortize, v.bd_method)
 
 
 def render(result: RunResult, out_dir: Path) -> Path:
+    """report.md, plots/*.png, and the derived tables bd_rate.csv and verdict.csv."""
     import matplotlib
 
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     pc = per_class(result)
+    a = analyse(result)
+    write_csv_atomic(out_dir / "bd_rate.csv", a.bd)
+    write_csv_atomic(out_dir / "verdict.csv", pd.concat([a.verdict, a.verdict_at_scale]))
     # Ten distinct hues, then their light shades: a run often has more than ten series.
     colors = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]]
     with matplotlib.rc_context({"axes.prop_cycle": matplotlib.cycler(color=colors)}):
-        text = _markdown(result, pc, plots)
+        text = _markdown(result, a, pc, plots)
     path = out_dir / "report.md"
     write_text_atomic(path, text)
     return path
 
 
-def _markdown(result: RunResult, pc: pd.DataFrame, plots: Path) -> str:
-    points = curves(result)
-    dominated = analysis.dominated_by(points)
+def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, plots: Path) -> str:
     sections = [
         _header(result),
-        _summary(result, points, dominated),
+        _verdict(result, a),
+        _summary(result, a),
         _ae_vs_pca(result),
         _per_class(result, pc, plots),
         _ink(result, pc, plots),
         _compression_vs_error(result, plots),
-        _rate_distortion(points, dominated, plots),
-        _bd_rates(points),
+        _rate_distortion(a, plots),
+        _bd_rates(a),
         _throughput(result),
         _samples(result, plots),
         _tsne(result, plots),
@@ -94,9 +122,10 @@ def _header(r: RunResult) -> str:
     if m.get("dataset_why"):
         lines.append(f"- **Why this dataset:** {m['dataset_why']}")
     lines += [
-        f"- **Images:** {m['train_images']:,} train (for fitting learned codecs), "
-        f"{m['test_images']:,} test (every number below), {m['image_shape'][0]}x{m['image_shape'][1]} "
-        "8-bit grayscale",
+        f"- **Images:** {m['train_images']:,} train (learned codecs fit on these), "
+        f"{m.get('validation_images', 0):,} validation (held out of train; every choice a learned "
+        f"codec makes), {m['test_images']:,} test (every number below, and nothing else), "
+        f"{m['image_shape'][0]}x{m['image_shape'][1]} 8-bit grayscale",
         f"- **Command:** `{m.get('command', 'n/a')}` ({m.get('seconds', '?')} s)",
         f"- **Machine:** {env.get('cpu', 'n/a')}, {env.get('cores', '?')} cores, "
         f"{env.get('ram_gib', '?')} GiB; {env.get('platform', '')}; devices measured: "
@@ -107,42 +136,154 @@ def _header(r: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _summary(r: RunResult, points: pd.DataFrame, dom: pd.Series) -> str:
+def _target(metric: str, value: float) -> str:
+    return f"PSNR ≥ {value:g} dB" if metric == "psnr" else f"SSIM ≥ {value:g}"
+
+
+def _speed(v) -> str:
+    return num(v, "{:,.0f}")
+
+
+def _verdict_table(v: pd.DataFrame, at_scale: bool) -> str:
+    rows = []
+    for _, r in v.iterrows():
+        row = {"target": _target(r["metric"], r["target"])}
+        if not isinstance(r.get("curve"), str):
+            row["cheapest"] = "n/a: no codec in this run reaches it (add a sweep, or a lossless codec)"
+            rows.append(row)
+            continue
+        quality = (num(r["setting_quality"]) + " dB" if r["metric"] == "psnr"
+                   else num(r["setting_quality"], "{:.4f}"))
+        row.update({
+            "cheapest": r["curve"] + (" (learned)" if r["learned"] else ""),
+            "bytes/image": num(r["bytes"], "{:.1f}"),
+            "run it as": f"`{r['setting']}` ({r['setting_bytes']:.1f} B, {quality})",
+            "encode img/s": _speed(r["encode_img_s"]), "decode img/s": _speed(r["decode_img_s"]),
+        })
+        if at_scale:
+            row["side info (B)"] = num(r["side_info_bytes"], "{:,.0f}")
+        if isinstance(r.get("runner_up_curve"), str):
+            row["runner-up"] = r["runner_up_curve"] + (" (learned)" if r["runner_up_learned"] else "")
+            row["its bytes/image"] = num(r["runner_up_bytes"], "{:.1f}")
+        rows.append(row)
+    return table(pd.DataFrame(rows).fillna(""))
+
+
+def _wins(v: pd.DataFrame) -> str:
+    answered = v[v["curve"].map(lambda c: isinstance(c, str))] if "curve" in v else v.iloc[:0]
+    learned = int(answered["learned"].astype(bool).sum()) if len(answered) else 0
+    return f"learned codecs are cheapest at {learned} of {len(answered)} answered targets"
+
+
+def _verdict(r: RunResult, a: Analysis) -> str:
+    main = _main(r)
+    learned = main[main["learned"].astype(bool)]
+    parts = [
+        "## Verdict: the cheapest codec at the quality you need",
+        "",
+        "For each target quality: the codec that needs the fewest bytes per image to reach it on "
+        "this test split, and the runner-up. A lossy codec's bytes are read off its measured "
+        "curve (its quality sweep, or a family's sizes), interpolated between measured points "
+        "(PCHIP on log bytes) and never extrapolated beyond them; a lossless codec reaches every "
+        "target at its own size. *Run it as* names the cheapest measured setting that reaches the "
+        "target, with its bytes and quality: the speed columns are that setting's, measured on "
+        f"{r.meta['devices'][0]}. Curves are keyed by codec and its fixed parameters, so "
+        "`jpeg:optimize=1` and `jpeg` compete separately. Also in `verdict.csv`.",
+        "",
+        f"### Per file: payload bytes only ({_wins(a.verdict)})",
+        "",
+        "What each image's file costs. What a decoder needs once (a learned codec's weights, shared "
+        "tables) is not in it: see the next table and *side info* in the summary.",
+        "",
+        _verdict_table(a.verdict, at_scale=False),
+        "",
+        f"### At scale: side information spread over {a.amortize:,} images ({_wins(a.verdict_at_scale)})",
+        "",
+        f"Bytes per image + side info / {a.amortize:,} (`--amortize N` sets N): the cost per image "
+        "when one decoder serves that many images.",
+        "",
+        _verdict_table(a.verdict_at_scale, at_scale=True),
+    ]
+    if len(learned):
+        rows = [{"codec": c["codec"], "bytes/image": num(c["bytes_mean"], "{:.1f}"),
+                 "PSNR dB": num(c["psnr_db"]), "side info (B)": num(c["side_info_bytes"], "{:,.0f}"),
+                 "against": _text(c["breakeven_reference"]) or "–",
+                 "pays back after (images)": _breakeven(c, with_note=True)}
+                for _, c in learned.iterrows()]
+        parts += [
+            "",
+            "### When a learned codec's side information pays back",
+            "",
+            "The number of images after which a learned codec's side information is repaid by its "
+            "byte savings against the cheapest classical codec *at the same quality*: for a lossy "
+            "codec, the classical lossy curves read at its PSNR (interpolated, never extrapolated); "
+            "for a lossless one, the classical lossless codecs. *never*: the classical codec is "
+            "smaller at that quality; *n/a*: no classical curve in this run covers it.",
+            "",
+            table(pd.DataFrame(rows)),
+        ]
+    return "\n".join(parts)
+
+
+def _text(value) -> str:
+    """A text cell of a table read back from CSV, where an empty string became NaN."""
+    return value if isinstance(value, str) else ""
+
+
+def _breakeven(row, with_note: bool = False) -> str:
+    value, note = row["breakeven_images"], _text(row["breakeven_note"])
+    detail = f" ({note})" if note and with_note else ""
+    if value == np.inf:
+        return "never" + detail
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a" + detail if note else "–"
+    return num(value, "{:,.0f}")
+
+
+def _summary(r: RunResult, a: Analysis) -> str:
     s = _main(r)
-    dominated = dict(zip(points["codec"], dom))
-    df = pd.DataFrame({
+    dominated = dict(zip(a.points["codec"], a.dominated))
+    columns = {
         "codec": s["codec"],
         "lossless": np.where(s["lossless"], "yes", "no"),
         "bytes/image": [f"{m:.1f} ± {sd:.1f}" for m, sd in zip(s["bytes_mean"], s["bytes_std"].fillna(0))],
-        "fixed overhead (B)": s["header_bytes"].map(lambda v: num(v, "{:.0f}")),
+        "header (B)": s["header_bytes"].map(lambda v: num(v, "{:.0f}")),
+        "content (B)": s["content_bytes"].map(lambda v: num(v, "{:.1f}")),
+    }
+    if s["model_bytes_mean"].notna().any():
+        columns["model predicts (B)"] = s["model_bytes_mean"].map(lambda v: num(v, "{:.1f}"))
+    columns.update({
         "bpp": s["bpp"].map(num),
         "compression % (bytes)": s["compression_pct"].map(lambda v: num(v, "{:.1f}")),
         "compression % (dims)": s["dimension_compression_pct"].map(lambda v: num(v, "{:.1f}")),
         "MSE": s["mse"].map(lambda v: num(v, "{:.5f}")),
         "PSNR dB": s["psnr_db"].map(num),
         "SSIM": s["ssim"].map(lambda v: num(v, "{:.4f}")),
-        "encode img/s": s["encode_img_s"].map(lambda v: num(v, "{:,.0f}")),
-        "decode img/s": s["decode_img_s"].map(lambda v: num(v, "{:,.0f}")),
+        "encode img/s": s["encode_img_s"].map(_speed),
+        "decode img/s": s["decode_img_s"].map(_speed),
         "side info (B)": s["side_info_bytes"].map(lambda v: num(v, "{:,.0f}") if v else "0"),
-        "pays off after (images)": s["breakeven_images"].map(
-            lambda v: "never" if v == np.inf else num(v, "{:,.0f}")),
+        "pays back after (images)": [_breakeven(row) for _, row in s.iterrows()],
         "dominated by": [dominated.get(c, "") for c in s["codec"]],
     })
     return "\n".join([
         "## Summary",
         "",
-        "Bytes are what a standalone decoder needs per image, headers included. *Fixed overhead* is "
-        "the size of an all-black image: what the format costs before any content. "
-        "*Compression % (bytes)* = 1 - bytes / pixels; *compression % (dims)* is the published "
-        "experiment's definition for latent codecs, 1 - latent values / pixels. *Side info* is what "
-        "every decoder needs once besides the payloads (network weights, PCA basis), and *pays off "
-        "after* is the number of images after which it is repaid by the bytes saved against the "
-        "best lossless codec in this run. PSNR is that of the mean MSE (∞ = exact); MSE on pixels in "
-        "[0, 1]; SSIM as scikit-image with data_range 255 and a 7x7 window. Throughput is on "
-        f"{r.meta['devices'][0]} (every device: see Throughput). *Dominated by* names a codec at "
-        "least as small with at least the PSNR (sweep points included).",
+        "Bytes are what a standalone decoder needs per image. *Header* is the part of each file "
+        "that carries no image content: for a file format, the size of its smallest valid file at "
+        "this image size (the smallest encoding of a constant image: container, headers, tables); "
+        "0 for codecs that send content only (the autoencoders' and PCA's latent bytes, raw "
+        "pixels). *Content* = bytes - header. *Model predicts* is the code length an "
+        "entropy-coded learned codec's probability model predicts, beside the real bytes, so the "
+        "coding overhead shows. *Compression % (bytes)* = 1 - bytes / pixels; *compression % "
+        "(dims)* is the published experiment's definition for latent codecs, 1 - latent values / "
+        "pixels. *Side info* is what every decoder needs once besides the payloads (network "
+        "weights, PCA basis); *pays back after*: see the verdict. PSNR is that of the mean MSE "
+        "(∞ = exact); MSE on pixels in [0, 1]; SSIM as scikit-image with data_range 255 and a "
+        f"7x7 window. Throughput is on {r.meta['devices'][0]} (every device: see Throughput). "
+        "*Dominated by* names a codec at least as small with at least the PSNR (sweep points "
+        "included).",
         "",
-        table(df),
+        table(pd.DataFrame(columns)),
     ])
 
 
@@ -254,21 +395,23 @@ def _compression_vs_error(r: RunResult, plots: Path) -> str:
     ])
 
 
-def _rate_distortion(points: pd.DataFrame, dom: pd.Series, plots: Path) -> str:
+def _rate_distortion(a: Analysis, plots: Path) -> str:
+    points, dom = a.points, a.dominated
     _plot_rd(points, plots / "rate_distortion.png")
     df = pd.DataFrame({
-        "codec": points["codec"], "role": points["role"], "bpp": points["bpp"].map(num),
-        "bytes": points["bytes_mean"].map(lambda v: num(v, "{:.1f}")),
+        "curve": points["curve"], "codec": points["codec"], "role": points["role"],
+        "bpp": points["bpp"].map(num), "bytes": points["bytes_mean"].map(lambda v: num(v, "{:.1f}")),
         "PSNR dB": points["psnr_db"].map(num), "SSIM": points["ssim"].map(lambda v: num(v, "{:.4f}")),
         "dominated": np.where(dom != "", "yes", ""), "by": dom,
     })
     return "\n".join([
         "## Rate–distortion",
         "",
-        "Bits per pixel against PSNR and SSIM. Lossy classical codecs are curves over their quality "
-        "sweep, AE and PCA families curves over their four sizes, lossless codecs single points "
-        "(drawn at the top of the PSNR panel, since their PSNR is infinite). A point is *dominated* "
-        "when another is at least as small and at least as good in PSNR, one of them strictly.",
+        "Bits per pixel against PSNR and SSIM. A curve is a codec with its fixed parameters, over "
+        "what moves its rate (a quality sweep, or a family's sizes); lossless codecs are single "
+        "points (drawn at the top of the PSNR panel, since their PSNR is infinite). A point is "
+        "*dominated* when another is at least as small and at least as good in PSNR, one of them "
+        "strictly.",
         "",
         "![Rate-distortion](plots/rate_distortion.png)",
         "",
@@ -276,27 +419,37 @@ def _rate_distortion(points: pd.DataFrame, dom: pd.Series, plots: Path) -> str:
     ])
 
 
-def _bd_rates(points: pd.DataFrame) -> str:
-    lossy = points[~points["lossless"]]
-    ref = lossy[lossy["family"] == REFERENCE_FAMILY]
-    rows = []
-    for family, g in lossy.groupby("family", sort=False):
-        if family == REFERENCE_FAMILY:
-            continue
-        value = (analysis.bd_rate(ref["bpp"], ref["psnr_db"], g["bpp"], g["psnr_db"])
-                 if len(ref) >= 2 else float("nan"))
-        rows.append({"family": family, "points": len(g),
-                     f"BD-rate vs {REFERENCE_FAMILY}": num(value, "{:+.1f} %")})
-    if not rows:
+def _bd_rates(a: Analysis) -> str:
+    bd = a.bd
+    if bd.empty:
         return ""
+    rows, seen = [], set()
+    for _, r in bd.iterrows():
+        pair = frozenset((r["family"], r["anchor"]))
+        if pair in seen or (np.isfinite(r["bd_rate_pct"]) and r["bd_rate_pct"] > 0):
+            continue  # each pair once, read as "family needs x % fewer bits than anchor"
+        seen.add(pair)
+        rows.append({
+            "family": r["family"], "anchor": r["anchor"],
+            "BD-rate": num(r["bd_rate_pct"], "{:+.1f} %"), "BD-PSNR": num(r["bd_psnr_db"], "{:+.2f} dB"),
+            "PSNR range (dB)": f"{r['psnr_low_db']:.1f} – {r['psnr_high_db']:.1f}"
+            if np.isfinite(r["psnr_low_db"]) else "none",
+            "points in range": f"{r['points_in_overlap']} / {r['anchor_points_in_overlap']}",
+            "n/a because": _text(r["note"]),
+        })
     return "\n".join([
-        f"## BD-rate against {REFERENCE_FAMILY}",
+        "## BD-rate: every curve against every other",
         "",
-        "Bjøntegaard delta rate: the average bit-rate difference at equal PSNR, from cubic fits of "
-        "log(bpp) against PSNR (lower order with fewer than 4 points), integrated over the PSNR "
-        f"range both curves cover. Negative: fewer bits than {REFERENCE_FAMILY}. n/a: the curves "
-        f"do not overlap in PSNR, or {REFERENCE_FAMILY} has fewer than 2 points (add "
-        f"`--sweep {REFERENCE_FAMILY}:quality=10..95`).",
+        "Bjøntegaard delta rate: the average difference in bytes at equal PSNR, computed by the "
+        f"`bjontegaard` package ({a.bd_method} interpolation of log rate against PSNR; "
+        "`--bd-method` picks pchip, cubic or akima) over the PSNR range *both curves of the pair* "
+        "cover, stated beside each number; BD-PSNR is the average PSNR difference at equal rate, "
+        "over the rate range both cover (n/a when one curve is smaller everywhere). Each pair is listed once, the cheaper curve as *family*: "
+        "a negative BD-rate means it needs that many percent fewer bytes than the *anchor*. Each "
+        "curve uses its own front (a sweep point that a smaller point of the same curve matches is "
+        f"left out). *n/a*: the common range is under {analysis.MIN_OVERLAP_DB} dB, or a curve has "
+        f"fewer than {analysis.MIN_POINTS[a.bd_method]} points in it. Both directions of every pair "
+        "are in `bd_rate.csv`.",
         "",
         table(pd.DataFrame(rows)),
     ])
@@ -431,10 +584,10 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
     finite = points["psnr_db"][np.isfinite(points["psnr_db"])]
     top = (finite.max() if len(finite) else 40) + 3
     lossless = points[points["lossless"]]
-    for family, g in points[~points["lossless"]].groupby("family", sort=False):
+    for curve, g in points[~points["lossless"]].groupby("curve", sort=False):
         g = g.sort_values("bpp")
-        a.plot(g["bpp"], g["psnr_db"], marker="o", label=family)
-        b.plot(g["bpp"], g["ssim"], marker="o", label=family)
+        a.plot(g["bpp"], g["psnr_db"], marker="o", label=curve)
+        b.plot(g["bpp"], g["ssim"], marker="o", label=curve)
     markers = iter("*PXDs^v<>p")
     for _, row in lossless.iterrows():
         style = {"marker": next(markers, "*"), "s": 80, "color": "black", "zorder": 3,

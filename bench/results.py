@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write
+from bench.cache import atomic_write, usual_mode
 from bench.codec import BenchError
 from bench.runner import RunResult
 from bench.timing import cpu_name
 
 TABLES = ("summary", "per_image", "throughput", "tsne")
+CSV_FLOAT = "%.7g"
 VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
              "pillow", "torch", "torchvision", "matplotlib")
 
@@ -78,11 +79,12 @@ def save(result: RunResult, out: Path, render=None, overwrite: bool = False) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
+        tmp.chmod(usual_mode(directory=True))  # mkdtemp's 0700 would hide the report from others
         (tmp / "meta.json").write_text(json.dumps(result.meta, indent=2, default=str) + "\n")
         for name in TABLES:
             table = getattr(result, name)
             if len(table):
-                table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.7g")
+                table.to_csv(tmp / f"{name}.csv", index=False, float_format=CSV_FLOAT)
         np.savez_compressed(tmp / "samples.npz", **result.samples)
         if render is not None:
             render(tmp)
@@ -121,3 +123,7 @@ def load(run_dir: Path) -> RunResult:
 
 def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda f: table.to_csv(f, index=False, float_format=CSV_FLOAT))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics
-from bench.codec import CodecError
+from bench.codec import Codec, CodecError, TrainingData
 from bench.data import Dataset
 from bench.registry import Spec
 from bench.timing import device_name, measure
@@ -63,16 +63,36 @@ def throughput_batch(images: np.ndarray, batch: int | None) -> np.ndarray:
     return np.concatenate([images] * reps)[:batch]
 
 
+@dataclass(frozen=True)
+class VerdictOptions:
+    """The qualities the verdict answers for, and N for the at-scale table."""
+
+    psnr_targets: tuple[float, ...] = (20.0, 25.0, 30.0, 35.0, 40.0)
+    ssim_targets: tuple[float, ...] = (0.90, 0.95, 0.99)
+    amortize: int = 1_000_000
+    bd_method: str = "pchip"
+
+    @property
+    def targets(self) -> list[tuple[str, float]]:
+        return [("psnr", t) for t in self.psnr_targets] + [("ssim", t) for t in self.ssim_targets]
+
+
 def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
         rounds: int = 5, warmup: int = 1, batch: int | None = None, cache_dir: Path | None = None,
+        train_device: str | None = None, verdict: VerdictOptions = VerdictOptions(),
         tsne_families: tuple[str, ...] = ("ae",), progress: bool = True,
         log: Callable[[str], None] = _log) -> RunResult:
+    """Quality of every spec and sweep point on the test split, then throughput: of the main specs
+    on every selected device, and of the settings the verdict names."""
     from tqdm import tqdm
 
+    from bench.analysis import verdict_settings
+
     test = dataset.test
-    zero = np.zeros((1, *dataset.shape), np.uint8)
     timed = throughput_batch(test.images, batch)
     keep = sample_indices(test.labels)
+    training = TrainingData(dataset.train.images, dataset.validation.images, cache_dir,
+                            train_device or devices[0], progress, log)
     rows, summaries, speed, decoded_for_tsne = [], [], [], {}
     samples = {"original": test.images[keep]}
     specs = runnable(specs, devices, log)
@@ -81,20 +101,18 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     for spec, role in tqdm(jobs, desc="codecs", unit="codec", disable=None if progress else True):
         decoded = None
         for device in devices_for(spec, devices):
-            codec = spec.build(device)
-            if hasattr(codec, "fit"):
-                fit_kwargs = {"cache_dir": cache_dir, "progress": progress, "log": log}
-                codec.fit(dataset.train.images, **_accepted(codec.fit, fit_kwargs))
+            codec = spec.build(device).fit(training)
             # The quality pass doubles as the first warm-up call when it codes the timed batch.
             payloads = codec.encode(test.images)
             out = codec.decode(payloads)
             if decoded is None:
                 decoded, sizes = out, payloads.sizes
-                summaries.append(_codec_row(spec, codec, role, zero))
+                model_bits = codec.model_bits(test.images)
+                summaries.append(_codec_row(spec, codec, role, dataset.shape))
             if role == "main":
                 speed += _throughput(codec, spec, device, timed, rounds,
                                      warmup - (timed is test.images))
-        frame = metrics.per_image(test.images, decoded, sizes)
+        frame = metrics.per_image(test.images, decoded, sizes, model_bits)
         frame.insert(0, "codec", spec.canonical)
         frame.insert(1, "role", role)
         frame.insert(2, "index", np.arange(len(test)))
@@ -105,6 +123,17 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             if spec.info.family in tsne_families:
                 decoded_for_tsne[spec.canonical] = decoded
     per_image = pd.concat(rows, ignore_index=True)
+    summary = summarize(pd.DataFrame(summaries), per_image, pd.DataFrame(speed), dataset.shape,
+                        devices[0])
+    # The verdict names settings (often sweep points) whose speed it quotes: time those too.
+    by_name = {s.canonical: s for s in [*specs, *sweeps]}
+    timed_already = {r["codec"] for r in speed}
+    for name in verdict_settings(summary, verdict.targets, verdict.amortize):
+        if name not in timed_already:
+            spec = by_name[name]
+            device = devices_for(spec, devices)[0]
+            codec = spec.build(device).fit(training)
+            speed += _throughput(codec, spec, device, timed, rounds, warmup)
     throughput = pd.DataFrame(speed)
     summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape, devices[0])
     tsne = pd.DataFrame()
@@ -115,13 +144,17 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,
             "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
             "image_shape": list(dataset.shape), "train_images": len(dataset.train),
-            "test_images": len(test), "devices": devices, "rounds": rounds, "warmup": warmup,
-            "throughput_batch": len(timed), "codecs": [s.canonical for s in specs],
-            "sweeps": [s.canonical for s in sweeps]}
+            "validation_images": len(dataset.validation), "test_images": len(test),
+            "devices": devices, "train_device": training.train_device, "rounds": rounds,
+            "warmup": warmup, "throughput_batch": len(timed),
+            "codecs": [s.canonical for s in specs], "sweeps": [s.canonical for s in sweeps],
+            "verdict": {"psnr_targets": list(verdict.psnr_targets),
+                        "ssim_targets": list(verdict.ssim_targets),
+                        "amortize": verdict.amortize, "bd_method": verdict.bd_method}}
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
 
 
-def _throughput(codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
+def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
                 warmup: int) -> list[dict]:
     warmup = max(warmup, 0)
     enc, payloads = measure(lambda: codec.encode(batch), len(batch), rounds, warmup, device)
@@ -131,46 +164,29 @@ def _throughput(codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
         "codec": spec.canonical, "device": device, "device_name": device_name(device),
         "direction": direction, "batch": len(batch), "rounds": len(t.seconds),
         "median_img_s": t.median_img_s, "min_img_s": t.min_img_s, "max_img_s": t.max_img_s,
-        "psnr_db": psnr, "precision": precision(codec),
-        "library": getattr(codec, "library", ""),
+        "psnr_db": psnr, "precision": codec.precision, "library": codec.library,
     } for direction, t in (("encode", enc), ("decode", dec))]
 
 
-def precision(codec) -> str:
-    """A float codec's arithmetic, with bf16's cost in PSNR where the codec measured it; '–' for
-    the classical codecs, whose libraries work on integers."""
-    delta = getattr(codec, "bf16_psnr_delta", None)
-    if delta is not None:
-        return f"{'bf16' if codec.autocast else 'fp32'} (bf16 {delta:+.3f} dB vs fp32)"
-    return getattr(codec, "precision", "–")
-
-
-def _accepted(fn, kwargs: dict) -> dict:
-    """Plugins' fit() may take fewer keywords than the built-ins."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
-def _codec_row(spec: Spec, codec, role: str, zero: np.ndarray) -> dict:
+def _codec_row(spec: Spec, codec: Codec, role: str, shape: tuple[int, int]) -> dict:
     latent = dict(spec.values).get("latent")
     return {
-        "codec": spec.canonical, "family": spec.info.family or spec.info.name, "role": role,
-        "lossless": bool(codec.lossless), "latent": latent,
-        "header_bytes": int(codec.encode(zero).sizes[0]),
-        "side_info_bytes": getattr(codec, "side_info_bytes", 0),
+        "codec": spec.canonical, "curve": spec.curve, "family": spec.info.family or spec.info.name,
+        "role": role, "lossless": bool(codec.lossless), "learned": bool(codec.learned),
+        "latent": latent, "header_bytes": int(codec.header_bytes(shape)),
+        "side_info_bytes": int(codec.side_info_bytes),
     }
 
 
 def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
               shape: tuple[int, int], device: str) -> pd.DataFrame:
     """One row per codec; its throughput columns are those measured on `device`."""
+    from bench.analysis import breakeven
+
     pixels = shape[0] * shape[1]
     stats = metrics.aggregate(per_image, ["codec"])
     out = codecs.merge(stats, on="codec")
+    out["content_bytes"] = out["bytes_mean"] - out["header_bytes"]
     out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / pixels)
     out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / pixels)
     if len(throughput):
@@ -181,9 +197,4 @@ def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.Data
     for col in ("encode_img_s", "decode_img_s"):
         if col not in out:
             out[col] = np.nan
-    best = out[out["lossless"] & (out["role"] == "main")]["bytes_mean"].min()
-    saved = best - out["bytes_mean"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        breakeven = np.where(saved > 0, np.ceil(out["side_info_bytes"] / saved), np.inf)
-    out["breakeven_images"] = np.where(out["side_info_bytes"] > 0, breakeven, np.nan)
-    return out
+    return out.merge(breakeven(out), on="codec", how="left")

@@ -8,21 +8,17 @@ loop (straight-through gradient), so what is trained is what is sent.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.cache import atomic_write, default_cache_dir
-from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows
+from bench.codec import CodecError, Payloads, TrainingData, check_images, fixed_rate_rows
+from bench.learned import LearnedCodec
+from bench_codecs import pca
 from bench_codecs.host import host_tensor
-from bench_codecs.pca import fit_pca
 
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
@@ -31,7 +27,6 @@ RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "sched
 # pass over the whole batch: about 1.1x at a batch of 1,024 and 2-2.5x at 8,192 (2 cores); on CUDA the
 # chunk only bounds memory on huge batches.
 CHUNK = {"cpu": 256, "cuda": 65536}
-BF16_MAX_PSNR_DELTA_DB = 0.05  # bf16 inference is used only when it moves PSNR by at most this
 
 
 class SubPixelConvTranspose(nn.Module):
@@ -129,16 +124,14 @@ class Autoencoder(nn.Module):
         return self.decoder(self.quantize(self.encoder(x)))
 
 
-def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
-                      device: str = "cpu", progress: bool = True) -> tuple[Autoencoder, list]:
-    """Seeded training; on the CPU the same call gives the same weights."""
+def train_autoencoder(model: Autoencoder, images: np.ndarray, epochs: int, seed: int,
+                      progress: bool = True) -> list[float]:
+    """Seeded training in place, on the model's device; on the CPU the same call gives the same
+    weights."""
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    model = Autoencoder(latent, images.shape[1:], RECIPE["width"])
-    model.init_from_pca(fit_pca(images, latent))
-    model = model.to(device)
     x = torch.from_numpy(images).to(device).float().div_(255).unsqueeze(1)
     batch = RECIPE["batch"]
     steps = math.ceil(len(x) / batch)
@@ -149,8 +142,9 @@ def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
     opt = torch.optim.Adam([{"params": linear, "lr": lrs[0]}, {"params": conv, "lr": lrs[1]}])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=epochs * steps)
     losses = []
-    bar = tqdm(range(epochs), desc=f"train ae latent={latent}", unit="epoch",
+    bar = tqdm(range(epochs), desc=f"train ae latent={model.latent}", unit="epoch",
                disable=None if progress else True, leave=False)
+    model.train()
     for _ in bar:
         order = torch.randperm(len(x), generator=gen).to(device)
         total = 0.0
@@ -164,103 +158,38 @@ def train_autoencoder(images: np.ndarray, latent: int, epochs: int, seed: int,
             total += loss.item() * len(xb)
         losses.append(total / len(x))
         bar.set_postfix(mse=f"{losses[-1]:.5f}")
-    return model.eval(), losses
+    model.eval()
+    return losses
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-class AutoencoderCodec:
-    lossless = False
-    precision = "fp32"  # until calibrate_bf16 measures bf16 (CUDA)
+class AutoencoderCodec(LearnedCodec):
+    family = "ae"
+    code_modules = (__name__, "bench_codecs.pca")
 
     def __init__(self, latent: int, epochs: int = 8, seed: int = 0, device: str = "cpu"):
+        super().__init__(epochs, seed, device)
         self.name = f"ae(latent={latent})"
-        self.latent, self.epochs, self.seed, self.device = latent, epochs, seed, device
-        self.model: Autoencoder | None = None
-        self.autocast = False  # bf16 on CUDA, within BF16_MAX_PSNR_DELTA_DB (see calibrate_bf16)
-        self.bf16_psnr_delta: float | None = None
-        self.trained_now = False
-        self.losses: list[float] = []
-        self.checkpoint: Path | None = None
-        self.library = f"torch {torch.__version__}"
+        self.latent = latent
 
-    # -- training and the cache ----------------------------------------------------------
+    def hyperparameters(self) -> dict:
+        # The PCA initialisation's constant is read at run time: it belongs in the key.
+        return {"arch": ARCH_VERSION, "recipe": RECIPE, "latent": self.latent, "pca_span": pca.SPAN}
 
-    def cache_key(self, images: np.ndarray) -> str:
-        fingerprint = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-        spec = {"arch": ARCH_VERSION, "recipe": RECIPE, "latent": self.latent,
-                "shape": list(images.shape[1:]), "data": fingerprint,
-                "epochs": self.epochs, "seed": self.seed}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+    def build_model(self, shape) -> Autoencoder:
+        return Autoencoder(self.latent, tuple(shape), RECIPE["width"])
 
-    def fit(self, images: np.ndarray, cache_dir: Path | None = None,
-            progress: bool = True, log=None) -> AutoencoderCodec:
-        """Load the cached model for these training images, or train and cache it."""
-        log = log or (lambda msg: print(msg, file=sys.stderr))
-        images = check_images(images)
-        key = self.cache_key(images)
-        path = Path(cache_dir or default_cache_dir()) / f"ae{self.latent}-{key}.pt"
-        self.checkpoint = path
-        self.model = self._load(path, key, images.shape[1:], log) if path.exists() else None
-        if self.model is None:
-            self.model, self.losses = train_autoencoder(
-                images, self.latent, self.epochs, self.seed, self.device, progress)
-            self.trained_now = True
-            try:
-                atomic_torch_save({"key": key, "model": self.model.state_dict(),
-                                   "losses": self.losses}, path)
-            except OSError as exc:
-                log(f"cannot write the model cache {path.parent} ({exc.strerror or exc}); "
-                    "the trained model is used for this run only (set --cache-dir)")
-        self._after_load(images)
-        return self
+    def train_model(self, model: Autoencoder, data: TrainingData) -> list[float]:
+        basis = pca.fit_pca(data.train, self.latent)
+        model.init_from_pca(basis)
+        return train_autoencoder(model, data.train, self.epochs, self.seed, data.progress)
 
-    def _load(self, path: Path, key: str, shape, log) -> Autoencoder | None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("key") != key:
-                raise ValueError("its key does not match its file name")
-            model = Autoencoder(self.latent, shape, RECIPE["width"])
-            model.load_state_dict(state["model"])
-            self.losses = list(state["losses"])
-        except Exception as exc:  # any unreadable file is retrained, never trusted
-            log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
-            return None
-        return model  # _after_load puts it on the device, in inference form
+    def decoder_modules(self) -> list[nn.Module]:
+        model = self.require_model()
+        return [model.dec_linear, model.dec_conv]
 
-    def _after_load(self, images: np.ndarray) -> None:
-        self.model = self.model.for_inference().to(self.device)
-        if self.device.startswith("cuda"):
-            self.calibrate_bf16(images[:4096])
-
-    def calibrate_bf16(self, images: np.ndarray) -> None:
-        """Use bf16 autocast only when the decoded images' PSNR moves by BF16_MAX_PSNR_DELTA_DB or less.
-
-        Runs on CUDA after loading; on the CPU only when called (the tests check the decision there).
-        """
-        from bench.metrics import mse, psnr_from_mse
-
-        self.autocast = False
-        fp32 = self.decode(self.encode(images))
-        self.autocast = True
-        bf16 = self.decode(self.encode(images))
-        delta = float(psnr_from_mse(mse(images, bf16).mean()) - psnr_from_mse(mse(images, fp32).mean()))
-        self.bf16_psnr_delta = delta
-        self.autocast = abs(delta) <= BF16_MAX_PSNR_DELTA_DB
-
-    @property
-    def side_info_bytes(self) -> int:
-        """The decoder's weights as float32: what a receiver needs besides the payloads."""
-        model = self._require_model()
-        tensors = [*model.dec_linear.state_dict().values(), *model.dec_conv.state_dict().values()]
-        return 4 * sum(t.numel() for t in tensors if t.is_floating_point())
-
-    def _require_model(self) -> Autoencoder:
-        if self.model is None:
-            raise CodecError(f"{self.name} is not trained: call .fit(train_images) first")
-        return self.model
+    def prepare(self, data: TrainingData) -> None:
+        self.model = self.require_model().for_inference()
+        super().prepare(data)
 
     # -- coding --------------------------------------------------------------------------
 
@@ -268,15 +197,12 @@ class AutoencoderCodec:
     def _chunk(self) -> int:
         return CHUNK[torch.device(self.device).type]
 
-    def _context(self):
-        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.autocast)
-
     def encode(self, images: np.ndarray) -> Payloads:
-        model = self._require_model()
+        model = self.require_model()
         images = check_images(images, trained=model.shape, codec=self.name)
         host, chunk = host_tensor(images), self._chunk
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
-        with torch.inference_mode(), self._context():
+        with torch.inference_mode(), self.autocast_context():
             for i in range(0, len(images), chunk):
                 x = host[i : i + chunk].to(self.device, non_blocking=True).unsqueeze(1)
                 x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
@@ -285,10 +211,10 @@ class AutoencoderCodec:
         return Payloads.from_array(out.numpy())
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
-        model = self._require_model()
+        model = self.require_model()
         host, chunk = host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
         out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
-        with torch.inference_mode(), self._context():
+        with torch.inference_mode(), self.autocast_context():
             for i in range(0, len(host), chunk):
                 z = host[i : i + chunk].to(self.device, non_blocking=True).float().div_(255)
                 y = model.decoder(z)

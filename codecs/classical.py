@@ -12,19 +12,19 @@ import numpy as np
 
 from bench.codec import (
     MAX_SIDE,
+    Codec,
     PayloadError,
     Payloads,
     check_images,
     fixed_rate_rows,
     payloads_to_decode,
+    smallest_file_bytes,
 )
 
 
-class ImageCodec:
+class ImageCodec(Codec):
     """One library call per image: the formats themselves are per-image."""
 
-    name = ""
-    lossless = False
     format = ""
     library_id = ""  # imagecodecs' name for the underlying library
 
@@ -34,6 +34,9 @@ class ImageCodec:
             return f"Python {self.format}"
         version = getattr(imagecodecs, f"{self.library_id}_version")()
         return f"{version} (imagecodecs {imagecodecs.__version__})"
+
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        return smallest_file_bytes(self, shape)
 
     def encode(self, images: np.ndarray) -> Payloads:
         images = check_images(images)
@@ -89,11 +92,14 @@ class Raw(ImageCodec):
     lossless = True
     format = "raw"
 
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        return 0
+
     def __init__(self) -> None:
         self.shape: tuple[int, int] | None = None
 
-    def fit(self, images: np.ndarray) -> Raw:
-        self.shape = check_images(images).shape[1:]
+    def fit(self, data) -> Raw:
+        self.shape = check_images(data.train).shape[1:]
         return self
 
     def encode(self, images: np.ndarray) -> Payloads:

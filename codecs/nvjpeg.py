@@ -16,12 +16,19 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.codec import CodecError, PayloadError, Payloads, check_images, payloads_to_decode
+from bench.codec import (
+    Codec,
+    CodecError,
+    PayloadError,
+    Payloads,
+    check_images,
+    payloads_to_decode,
+    smallest_file_bytes,
+)
 from bench_codecs.host import host_tensor
 
 
-class NvJpeg:
-    lossless = False
+class NvJpeg(Codec):
 
     def __init__(self, quality: int = 75, device: str = "cuda"):
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -32,6 +39,9 @@ class NvJpeg:
 
         backend = "nvJPEG" if device.startswith("cuda") else "libjpeg"
         self.library = f"torchvision {torchvision.__version__} {backend}"
+
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        return smallest_file_bytes(self, shape)
 
     def encode(self, images: np.ndarray) -> Payloads:
         from torchvision.io import encode_jpeg

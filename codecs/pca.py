@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows
+from bench.codec import Codec, CodecError, Payloads, TrainingData, check_images, fixed_rate_rows
 
 SPAN = 4.0  # standard deviations on each side of zero that the 256 levels cover
 
@@ -54,8 +54,8 @@ def fit_pca(images: np.ndarray, k: int) -> PCABasis:
                     std.astype(np.float32))
 
 
-class PCACodec:
-    lossless = False
+class PCACodec(Codec):
+    learned = True
     precision = "fp32"
 
     def __init__(self, latent: int):
@@ -65,8 +65,8 @@ class PCACodec:
         self.shape: tuple[int, int] | None = None
         self.library = f"numpy {np.__version__}"
 
-    def fit(self, images: np.ndarray, **_) -> PCACodec:
-        images = check_images(images)
+    def fit(self, data: TrainingData) -> PCACodec:
+        images = check_images(data.train)
         self.basis, self.shape = fit_pca(images, self.latent), images.shape[1:]
         return self
 
@@ -77,7 +77,7 @@ class PCACodec:
 
     def _require(self) -> PCABasis:
         if self.basis is None:
-            raise CodecError(f"{self.name} is not fitted: call .fit(train_images) first")
+            raise CodecError(f"{self.name} is not fitted: call .fit(training_data) first")
         return self.basis
 
     def encode(self, images: np.ndarray) -> Payloads:
