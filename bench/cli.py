@@ -13,7 +13,6 @@ import numpy as np
 from bench.codec import BenchError
 
 DEFAULT_CODECS = "ae*,pca*,jpeg,webp,png,zlib"
-SWEEPABLE = ("jpeg", "webp", "jpegxl", "nvjpeg")  # lossy families with a quality parameter
 REPORTS = Path("reports")
 MIN_ROUNDS = 3  # a median needs three
 
@@ -47,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--codecs", default=DEFAULT_CODECS,
                    help=f"comma-separated specs with wildcards (default: {DEFAULT_CODECS})")
     r.add_argument("--sweep", default="auto", help="quality sweeps for rate-distortion curves, "
-                   "e.g. 'jpeg:quality=10..95,webp:quality=10/50/90'; 'auto' (default) sweeps "
-                   "quality 10..95 for every lossy classical codec selected; 'none' for none")
+                   "e.g. 'jpeg:quality=10..95,webp:quality=10/50/90'; 'auto' (default) runs the "
+                   "default sweep of every selected codec that has one (see `bench list`); "
+                   "'none' for none")
     r.add_argument("--device", default="auto", help="cpu, cuda or cpu,cuda (default auto: cpu, "
                    "plus cuda when present)")
     r.add_argument("--out", type=Path, default=None,
@@ -158,8 +158,8 @@ def _sweeps(args, specs):
     if args.sweep == "none":
         return []
     if args.sweep == "auto":
-        families = dict.fromkeys(s.info.name for s in specs if s.info.name in SWEEPABLE)
-        text = ",".join(f"{f}:quality=10..95" for f in families)
+        infos = dict.fromkeys(s.info for s in specs if s.info.sweep)
+        text = ",".join(f"{info.name}:{info.sweep}" for info in infos)
     else:
         text = args.sweep
     return default_registry().sweep(text) if text else []

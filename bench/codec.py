@@ -155,6 +155,7 @@ class Codec:
     description: str = ""  # one line for `bench list`
     params: tuple[Param, ...] = ()  # spec parameters, parsed and validated by the registry
     rate_param: str = ""  # the parameter that moves along its rate–distortion curve, e.g. quality
+    sweep: str = ""  # its default sweep for `--sweep auto`, e.g. "quality=10..95"
     devices: tuple[str, ...] = ("cpu",)  # the devices it runs on; others get a `device=` kwarg
     library: str = ""  # what does the work, for the throughput table
     precision: str = "–"  # the arithmetic, for the throughput table ("–": integer libraries)

@@ -33,6 +33,7 @@ class CodecInfo:
     family: str = field(default="", compare=False)  # names shared by one curve, e.g. "ae", "pca"
     rate_param: str = ""  # the parameter that moves along the family's rate–distortion curve
     learned: bool = False  # fitted on the training split
+    sweep: str = ""  # the default sweep of `--sweep auto`, e.g. "quality=10..95"
 
     def load(self) -> Callable[..., Codec]:
         if callable(self.factory):
@@ -125,6 +126,7 @@ class Registry:
                 origin=origin,
                 rate_param=factory.rate_param,
                 learned=bool(factory.learned),
+                sweep=factory.sweep,
             )
         except Exception as exc:  # a broken plugin must not take the others down
             self.problems[ep.name] = f"codec plugin {ep.name!r} from {origin} failed to load: {exc!r}"

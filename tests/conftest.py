@@ -60,3 +60,11 @@ def write_mnist_idx(folder, n_train=60, n_test=20, seed=0, gz=False):
         write_idx(folder / f"{part}-labels-idx1-ubyte{suffix}", labels)
         arrays[part] = (images, labels)
     return arrays
+
+
+def training(images, cache_dir=None, validation=None, **kwargs):
+    """What Codec.fit gets; the validation images are the training images' last 100 unless given."""
+    from bench.codec import TrainingData
+
+    validation = images[-100:] if validation is None else validation
+    return TrainingData(images, validation, cache_dir, progress=False, **kwargs)

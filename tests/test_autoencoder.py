@@ -4,9 +4,9 @@ import torch
 
 from bench.codec import CodecError, PayloadError
 from bench.registry import get_codec
-from bench.runner import precision
-from bench_codecs import autoencoder
-from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec, train_autoencoder
+from bench import learned
+from conftest import training
+from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def train_small(mnist5k):
 
 @pytest.fixture(scope="module")
 def ae39(train_small, tmp_path_factory):
-    return AutoencoderCodec(39, epochs=2).fit(train_small, tmp_path_factory.mktemp("c"), progress=False)
+    return AutoencoderCodec(39, epochs=2).fit(training(train_small, tmp_path_factory.mktemp("c")))
 
 
 def test_payload_is_exactly_latent_bytes(ae39, digits):
@@ -52,15 +52,16 @@ def test_the_family_has_the_published_latent_sizes():
     assert sizes == {"ae50": 392, "ae90": 78, "ae95": 39, "ae99": 8}
 
 
-def test_training_reduces_the_loss(train_small):
-    _, losses = train_autoencoder(train_small, 8, epochs=3, seed=0, progress=False)
-    assert losses[-1] < losses[0] * 0.95
+def test_training_reduces_the_loss(train_small, tmp_path):
+    codec = AutoencoderCodec(8, epochs=4).fit(training(train_small, tmp_path))
+    assert codec.losses[-1] < codec.losses[0] * 0.95
 
 
-def test_training_is_deterministic_on_cpu(train_small):
-    a, _ = train_autoencoder(train_small[:200], 8, epochs=1, seed=3, progress=False)
-    b, _ = train_autoencoder(train_small[:200], 8, epochs=1, seed=3, progress=False)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+def test_training_is_deterministic_on_cpu(train_small, tmp_path):
+    a = AutoencoderCodec(8, epochs=1, seed=3).fit(training(train_small[:200], tmp_path / "a"))
+    b = AutoencoderCodec(8, epochs=1, seed=3).fit(training(train_small[:200], tmp_path / "b"))
+    assert a.trained_now and b.trained_now
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), name
 
 
@@ -69,7 +70,7 @@ def test_starts_from_the_pca_control(train_small):
 
     model = Autoencoder(8).eval()
     model.init_from_pca(fit_pca(train_small, 8))
-    pca = PCACodec(8).fit(train_small)
+    pca = PCACodec(8).fit(training(train_small))
     with torch.inference_mode():
         z = model.encoder(torch.from_numpy(train_small[:50]).float().div(255).unsqueeze(1))
     latents = z.mul(255).round().to(torch.uint8).numpy()
@@ -78,28 +79,27 @@ def test_starts_from_the_pca_control(train_small):
 
 
 def test_cache_hit_does_not_retrain(train_small, tmp_path):
-    first = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    first = AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path))
     assert first.trained_now and first.checkpoint.exists()
-    second = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    second = AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path))
     assert not second.trained_now
     for pa, pb in zip(first.model.state_dict().values(), second.model.state_dict().values()):
         assert torch.equal(pa, pb)
-    other_seed = AutoencoderCodec(8, epochs=1, seed=1).fit(train_small, tmp_path, progress=False)
+    other_seed = AutoencoderCodec(8, epochs=1, seed=1).fit(training(train_small, tmp_path))
     assert other_seed.trained_now  # the key covers everything that changes the weights
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_corrupt_checkpoint_is_reported_and_retrained(train_small, tmp_path):
-    first = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False)
+    first = AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path))
     first.checkpoint.write_bytes(first.checkpoint.read_bytes()[:100])
     messages = []
-    again = AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False,
-                                              log=messages.append)
+    again = AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path, log=messages.append))
     assert again.trained_now
     assert len(messages) == 1 and "corrupt or incompatible" in messages[0]
     assert str(first.checkpoint) in messages[0]
-    AutoencoderCodec(8, epochs=1).fit(train_small, tmp_path, progress=False, log=messages.append)
+    AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path, log=messages.append))
     assert len(messages) == 1  # the rewritten checkpoint loads
 
 
@@ -107,8 +107,8 @@ def test_unwritable_cache_falls_back_with_a_stated_reason(train_small, tmp_path)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache folder should be")
     messages = []
-    codec = AutoencoderCodec(8, epochs=1).fit(train_small, blocker / "cache", progress=False,
-                                              log=messages.append)
+    codec = AutoencoderCodec(8, epochs=1).fit(training(train_small, blocker / "cache",
+                                                       log=messages.append))
     assert codec.model is not None
     assert len(messages) == 1 and "used for this run only" in messages[0]
 
@@ -140,8 +140,7 @@ def test_default_recipe_beats_its_pca_control_by_a_decibel(level, mnist5k, tmp_p
     psnr = {}
     for family in ("ae", "pca"):
         codec = get_codec(f"{family}{level}")
-        kwargs = {"cache_dir": tmp_path, "progress": False} if family == "ae" else {}
-        codec.fit(mnist5k.train.images, **kwargs)
+        codec.fit(training(mnist5k.train.images, tmp_path, mnist5k.validation.images))
         psnr[family] = psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean())
     assert psnr["ae"] >= psnr["pca"] + 1.0, psnr
 
@@ -154,11 +153,11 @@ def test_bf16_is_used_only_within_its_psnr_budget(ae39, mnist5k, monkeypatch):
         ae39.calibrate_bf16(x)
         delta = ae39.bf16_psnr_delta
         assert delta is not None and delta != 0  # bf16 really ran: some pixels moved
-        assert ae39.autocast == (abs(delta) <= autoencoder.BF16_MAX_PSNR_DELTA_DB)
-        monkeypatch.setattr(autoencoder, "BF16_MAX_PSNR_DELTA_DB", abs(delta) / 2)
+        assert ae39.autocast == (abs(delta) <= learned.BF16_MAX_PSNR_DELTA_DB)
+        monkeypatch.setattr(learned, "BF16_MAX_PSNR_DELTA_DB", abs(delta) / 2)
         ae39.calibrate_bf16(x)
         assert not ae39.autocast  # over budget: back to fp32, bit-identical to plain inference
         assert np.array_equal(ae39.decode(ae39.encode(x)), fp32)
-        assert precision(ae39) == f"fp32 (bf16 {delta:+.3f} dB vs fp32)"  # as the throughput table shows it
+        assert ae39.precision == f"fp32 (bf16 {delta:+.3f} dB vs fp32)"  # as the throughput table shows it
     finally:
         ae39.autocast, ae39.bf16_psnr_delta = False, None

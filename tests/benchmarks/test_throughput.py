@@ -9,6 +9,7 @@ import pytest
 
 from bench.metrics import mse, psnr_from_mse
 from bench.registry import get_codec
+from conftest import training
 
 DEFAULT_CODECS = ["ae50", "ae90", "ae95", "ae99", "pca50", "pca90", "pca95", "pca99",
                   "jpeg", "webp", "png", "zlib"]
@@ -32,8 +33,7 @@ def codecs(mnist5k):
     built = {}
     for name in DEFAULT_CODECS:
         codec = get_codec(f"{name}:epochs=1" if name.startswith("ae") else name)
-        if hasattr(codec, "fit"):
-            codec.fit(mnist5k.train.images, **({"progress": False} if name.startswith("ae") else {}))
+        codec.fit(training(mnist5k.train.images, validation=mnist5k.validation.images))
         built[name] = codec
     return built
 
