@@ -178,8 +178,8 @@ def _numbers(option: str, text: str, low: float, high: float) -> tuple[float, ..
             value = float(item)
         except ValueError:
             value = float("nan")
-        if not low <= value <= high:
-            valid = f"from {low:g} to {high:g}" if np.isfinite(high) else f"{low:g} or more"
+        if not (low <= value <= high and np.isfinite(value)):
+            valid = f"from {low:g} to {high:g}" if np.isfinite(high) else f"{low:g} or more, finite"
             raise BenchError(f"{option}: bad value {item!r}; each target must be a number {valid}")
         values.append(value)
     return tuple(values)

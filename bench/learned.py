@@ -81,6 +81,11 @@ class LearnedCodec(Codec):
         """The modules a receiver needs: their float parameters are the side information."""
         raise NotImplementedError
 
+    @property
+    def checkpoint_prefix(self) -> str:
+        """The start of the checkpoint's file name, so a reader of the cache can tell models apart."""
+        return self.family
+
     def prepare(self, data: TrainingData) -> None:
         """After training or loading: inference form, on the codec's device; bf16 is decided on
         the validation split."""
@@ -111,7 +116,7 @@ class LearnedCodec(Codec):
         check_images(data.train)
         shape = data.train.shape[1:]
         key = self.cache_key(data)
-        path = Path(data.cache_dir or default_cache_dir()) / f"{self.family}-{key}.pt"
+        path = Path(data.cache_dir or default_cache_dir()) / f"{self.checkpoint_prefix}-{key}.pt"
         self.checkpoint = path
         self.model = self._load(path, key, shape, data.log) if path.exists() else None
         self.trained_now = self.model is None

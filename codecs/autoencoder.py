@@ -175,6 +175,10 @@ class AutoencoderCodec(LearnedCodec):
         # The PCA initialisation's constant is read at run time: it belongs in the key.
         return {"arch": ARCH_VERSION, "recipe": RECIPE, "latent": self.latent, "pca_span": pca.SPAN}
 
+    @property
+    def checkpoint_prefix(self) -> str:
+        return f"ae{self.latent}"
+
     def build_model(self, shape) -> Autoencoder:
         return Autoencoder(self.latent, tuple(shape), RECIPE["width"])
 

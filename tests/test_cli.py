@@ -37,7 +37,13 @@ def test_run_writes_tables_with_the_promised_columns(run_dir):
     assert png["compression_pct"] == pytest.approx(100 * (1 - png["bytes_mean"] / 784))
     ae = main_rows.set_index("codec").loc["ae95:epochs=1"]
     assert ae["bytes_mean"] == 39 and ae["dimension_compression_pct"] == pytest.approx(95.03, 0.01)
-    assert ae["side_info_bytes"] > 0 and ae["breakeven_images"] > 0
+    assert ae["side_info_bytes"] > 0 and ae["curve"] == "ae:epochs=1"
+    # A one-epoch ae95 sits below every classical lossy curve: no like-for-like reference.
+    assert np.isnan(ae["breakeven_images"])
+    assert ae["breakeven_note"].startswith("no classical lossy curve in this run reaches")
+    jpeg = main_rows.set_index("codec").loc["jpeg"]
+    assert 300 < jpeg["header_bytes"] < jpeg["bytes_mean"]
+    assert jpeg["content_bytes"] == pytest.approx(jpeg["bytes_mean"] - jpeg["header_bytes"])
     assert (main_rows["encode_img_s"] > 0).all() and (main_rows["decode_img_s"] > 0).all()
     per_image = pd.read_csv(run_dir / "per_image.csv")
     assert len(per_image) == 1000 * len(summary)  # every test image, every codec and sweep point
@@ -48,10 +54,11 @@ def test_report_has_every_section_and_per_class_rows(run_dir):
     text = (run_dir / "report.md").read_text()
     for heading in ("## Summary", "## Autoencoder against its PCA control", "## Quality per class",
                     "## Error normalised by ink", "## Compression against error",
-                    "## Rate–distortion", "## BD-rate against jpeg", "## Throughput",
+                    "## Rate–distortion", "## BD-rate: every curve against every other", "## Throughput",
                     "## Samples", "## t-SNE"):
         assert heading in text, heading
-    assert "`mnist-5k`" in text and "4,000 train" in text and "1,000 test" in text
+    assert "`mnist-5k`" in text and "3,600 train" in text and "400 validation" in text
+    assert "1,000 test" in text
     assert "This run, by MSE: ae95:epochs=1: easiest " in text
     mse_table = text.split("### MSE")[1].split("###")[0]
     rows = [line for line in mse_table.splitlines() if line.startswith("| ")]
@@ -61,7 +68,22 @@ def test_report_has_every_section_and_per_class_rows(run_dir):
     summary_rows = [r for r in text.split("## Summary")[1].split("##")[0].splitlines()
                     if r.startswith("| png ")]
     assert summary_rows and summary_rows[0].rstrip(" |").endswith("zlib")
-    assert re.search(r"\| webp\s+\|\s+\d+\s+\|\s+[+-]\d+\.\d %", text)  # a BD-rate number
+    assert text.index("## Verdict") < text.index("## Summary")
+    assert re.search(r"\| webp\s+\| jpeg\s+\| -\d+\.\d %", text)  # a BD-rate number
+
+
+def test_derived_tables_are_written_beside_the_report(run_dir):
+    bd = pd.read_csv(run_dir / "bd_rate.csv")
+    for col in ("family", "anchor", "method", "bd_rate_pct", "bd_psnr_db", "psnr_low_db",
+                "psnr_high_db", "points_in_overlap"):
+        assert col in bd.columns, col
+    webp = bd[(bd["family"] == "webp") & (bd["anchor"] == "jpeg")].iloc[0]
+    assert webp["method"] == "pchip" and webp["bd_rate_pct"] < 0
+    verdict = pd.read_csv(run_dir / "verdict.csv")
+    assert set(verdict["amortize"]) == {0, 1_000_000}
+    assert len(verdict) == 2 * (5 + 3)  # default PSNR and SSIM targets, per file and at scale
+    for path in (run_dir / "report.md", run_dir / "bd_rate.csv", run_dir / "summary.csv"):
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by others under umask 022
 
 
 def test_plots_are_real_pngs(run_dir):
@@ -100,7 +122,15 @@ def test_report_rerenders_from_saved_results_only(run_dir, monkeypatch):
     (["run", "--codecs", "jpeg", "--dataset", "minst"], "did you mean mnist"),
     (["run", "--codecs", "jpeg", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--codecs", "jpeg", "--rounds", "2"], "--rounds must be at least 3"),
-    (["train", "--codecs", "jpeg"], "train takes autoencoder specs"),
+    (["run", "--codecs", "jpeg", "--amortize", "0"], "--amortize: bad value '0'"),
+    (["run", "--codecs", "jpeg", "--amortize", "-5"], "--amortize: bad value '-5'"),
+    (["run", "--codecs", "jpeg", "--amortize", "many"], "--amortize: bad value 'many'"),
+    (["run", "--codecs", "jpeg", "--psnr-targets", "30,-1"], "--psnr-targets: bad value '-1'"),
+    (["run", "--codecs", "jpeg", "--psnr-targets", "inf"], "--psnr-targets: bad value 'inf'"),
+    (["run", "--codecs", "jpeg", "--ssim-targets", "0.9,1.5"], "--ssim-targets: bad value '1.5'"),
+    (["run", "--codecs", "jpeg", "--ssim-targets", "x"], "--ssim-targets: bad value 'x'"),
+    (["run", "--codecs", "jpeg", "--bd-method", "linear"], "unknown method 'linear'"),
+    (["train", "--codecs", "jpeg"], "train takes the specs of learned codecs"),
     (["run", "--codecs", "nvjpeg", "--device", "cpu", "--dataset", "mnist-5k"], "nothing to run"),
     (["report", "/nonexistent/run"], "is not a bench run folder"),
 ])
@@ -135,7 +165,7 @@ def test_train_then_run_reuses_the_model(tmp_path):
     proc = bench("train", "--codecs", "ae99", "--epochs", "1", "--dataset", "mnist-5k",
                  "--cache-dir", str(cache))
     assert proc.returncode == 0, proc.stderr
-    assert "ae99:epochs=1: trained in" in proc.stdout and "test PSNR" in proc.stdout
+    assert "ae99:epochs=1: trained in" in proc.stdout and "validation PSNR" in proc.stdout
     proc = bench("train", "--codecs", "ae99", "--epochs", "1", "--dataset", "mnist-5k",
                  "--cache-dir", str(cache))
     assert "ae99:epochs=1: cached" in proc.stdout

@@ -12,9 +12,9 @@ from bench_codecs import BUILTINS
 
 PLUGIN = textwrap.dedent('''
     import numpy as np
-    from bench.codec import Param, Payloads, check_images
+    from bench.codec import Codec, Param, Payloads, check_images
 
-    class Invert:
+    class Invert(Codec):
         """Stores 255 - pixel: a real, if useless, lossless codec."""
         lossless = True
         description = "inverted pixels (test plugin)"
