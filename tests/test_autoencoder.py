@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench import learned
 from bench.codec import CodecError, PayloadError
 from bench.registry import get_codec
-from bench import learned
-from conftest import training
 from bench_codecs.autoencoder import Autoencoder, AutoencoderCodec
+from conftest import training
 
 
 @pytest.fixture(scope="module")

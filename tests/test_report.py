@@ -5,20 +5,138 @@ import pytest
 from bench import analysis
 
 
-def test_bd_rate_of_a_curve_against_itself_is_zero():
-    rate, psnr = np.array([0.5, 1.0, 2.0, 4.0]), np.array([28.0, 31.0, 34.5, 38.0])
-    assert analysis.bd_rate(rate, psnr, rate, psnr) == pytest.approx(0.0, abs=1e-9)
+def summary(rows):
+    """A run summary with just the columns the analyses read."""
+    df = pd.DataFrame(rows, columns=["codec", "curve", "lossless", "learned", "bytes_mean",
+                                     "psnr_db", "ssim", "side_info_bytes"])
+    return df.assign(encode_img_s=1000.0, decode_img_s=2000.0)
 
 
-def test_bd_rate_of_half_the_rate_is_minus_fifty_percent():
-    rate, psnr = np.array([0.5, 1.0, 2.0, 4.0]), np.array([28.0, 31.0, 34.5, 38.0])
-    assert analysis.bd_rate(rate, psnr, rate / 2, psnr) == pytest.approx(-50.0, abs=1e-6)
-    assert analysis.bd_rate(rate, psnr, rate * 2, psnr) == pytest.approx(100.0, abs=1e-6)
+ANCHOR = [(400.0, 23.0), (500.0, 28.0), (650.0, 32.0), (900.0, 36.0), (1300.0, 40.0)]
+TEST = [(150.0, 25.0), (190.0, 29.0), (240.0, 33.5), (320.0, 37.0), (420.0, 41.0)]
 
 
-def test_bd_rate_without_overlap_is_nan():
-    assert np.isnan(analysis.bd_rate([1, 2], [20, 25], [1, 2], [30, 35]))
-    assert np.isnan(analysis.bd_rate([1], [20], [1, 2], [20, 25]))
+def two_curves():
+    rows = [(f"a:q={i}", "a", False, False, b, q, 0.9, 0) for i, (b, q) in enumerate(ANCHOR)]
+    rows += [(f"t:q={i}", "t", False, False, b, q, 0.9, 0) for i, (b, q) in enumerate(TEST)]
+    return summary(rows)
+
+
+def independent_bd_rate(anchor, test, kind):
+    """BD-rate computed here without the bjontegaard package: the VCEG-M33 cubic fit of log rate
+    against PSNR, or a PCHIP through the points, integrated over the common PSNR range."""
+    from scipy.interpolate import PchipInterpolator
+
+    (ra, qa), (rt, qt) = (np.array(c).T for c in (anchor, test))
+    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
+    means = []
+    for r, q in ((ra, qa), (rt, qt)):
+        if kind == "cubic":
+            integral = np.polyint(np.polyfit(q, np.log10(r), 3))
+            means.append((np.polyval(integral, hi) - np.polyval(integral, lo)) / (hi - lo))
+        else:
+            means.append(PchipInterpolator(q, np.log10(r)).integrate(lo, hi) / (hi - lo))
+    return (10 ** (means[1] - means[0]) - 1) * 100
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_bd_table_matches_an_independent_computation(method):
+    bd = analysis.bd_table(two_curves(), method).set_index(["family", "anchor"])
+    row = bd.loc[("t", "a")]
+    assert row["bd_rate_pct"] == pytest.approx(independent_bd_rate(ANCHOR, TEST, method), abs=1e-6)
+    assert (row["psnr_low_db"], row["psnr_high_db"]) == (25.0, 40.0)
+    assert row["points_in_overlap"] == 4 and row["anchor_points_in_overlap"] == 4
+    # The reverse pair covers the same range: its BD-rate is the exact inverse.
+    back = bd.loc[("a", "t")]
+    assert (1 + back["bd_rate_pct"] / 100) * (1 + row["bd_rate_pct"] / 100) == pytest.approx(1)
+    assert back["bd_psnr_db"] == pytest.approx(-row["bd_psnr_db"])
+
+
+def test_bd_rate_of_half_the_bytes_is_minus_fifty_percent_whatever_the_method():
+    half = [(b / 2, q) for b, q in ANCHOR]
+    rows = [(f"a{i}", "a", False, False, b, q, 0.9, 0) for i, (b, q) in enumerate(ANCHOR)]
+    rows += [(f"h{i}", "h", False, False, b, q, 0.9, 0) for i, (b, q) in enumerate(half)]
+    for method in analysis.BD_METHODS:
+        bd = analysis.bd_table(summary(rows), method).set_index(["family", "anchor"])
+        assert bd.loc[("h", "a"), "bd_rate_pct"] == pytest.approx(-50.0, abs=1e-9)
+
+
+def test_bd_table_says_why_a_pair_has_no_number():
+    rows = [(f"a{i}", "a", False, False, b, q, 0.9, 0) for i, (b, q) in enumerate(ANCHOR)]
+    rows += [("hi0", "hi", False, False, 2000.0, 45.0, 0.99, 0),
+             ("hi1", "hi", False, False, 3000.0, 48.0, 0.99, 0)]
+    rows += [("one", "one", False, False, 300.0, 30.0, 0.9, 0)]
+    rows += [("edge0", "edge", False, False, 100.0, 20.0, 0.8, 0),
+             ("edge1", "edge", False, False, 140.0, 24.0, 0.85, 0)]
+    rows += [("zlib", "zlib", True, False, 197.0, np.inf, 1.0, 0)]
+    bd = analysis.bd_table(summary(rows)).set_index(["family", "anchor"])
+    assert "zlib" not in bd.index.get_level_values(0)  # lossless codecs have no curve
+    assert bd.loc[("hi", "a"), "note"] == "no common PSNR range"
+    assert bd.loc[("one", "a"), "note"] == "one has 1 point(s) on its curve; pchip needs 2"
+    assert bd.loc[("edge", "a"), "note"] == "edge has 1 point(s) in 23.0–24.0 dB; pchip needs 2"
+    assert bd.loc[("edge", "a"), "psnr_low_db"] == 23.0
+    assert bd["bd_rate_pct"].loc[[("hi", "a"), ("one", "a"), ("edge", "a")]].isna().all()
+
+
+def test_a_curve_is_its_front():
+    rows = [("q30", "j", False, False, 300.0, 30.0, 0.9, 0), ("q40", "j", False, False, 320.0, 29.0, 0.9, 0),
+            ("q50", "j", False, False, 300.0, 31.0, 0.9, 0), ("q60", "j", False, False, 400.0, 35.0, 0.95, 0)]
+    assert analysis.front(summary(rows))["codec"].tolist() == ["q50", "q60"]
+
+
+def test_cost_at_interpolates_and_never_extrapolates():
+    f = analysis.front(two_curves().query("curve == 'a'"))
+    assert analysis.cost_at(f, 28.0) == pytest.approx(500.0)
+    assert 500.0 < analysis.cost_at(f, 30.0) < 650.0
+    assert np.isnan(analysis.cost_at(f, 22.9)) and np.isnan(analysis.cost_at(f, 40.1))
+
+
+def test_verdict_picks_the_cheapest_curve_and_a_real_setting():
+    s = pd.concat([two_curves(), summary([("zlib", "zlib", True, False, 250.0, np.inf, 1.0, 0)])])
+    v = analysis.verdict(s, [("psnr", 30.0), ("psnr", 41.0), ("psnr", 50.0)]).set_index("target")
+    at30 = v.loc[30.0]
+    assert at30["curve"] == "t" and at30["setting"] == "t:q=2"  # 33.5 dB: the first point >= 30
+    from scipy.interpolate import PchipInterpolator
+
+    q, b = np.array(TEST).T[1], np.log(np.array(TEST).T[0])
+    assert at30["bytes"] == pytest.approx(np.exp(PchipInterpolator(q, b)(30.0)))
+    assert at30["runner_up_curve"] == "zlib" and at30["runner_up_bytes"] == 250.0
+    assert v.loc[41.0, "curve"] == "zlib"  # t reaches 41 dB at 420 B, zlib is exact at 250 B
+    assert v.loc[50.0, "curve"] == "zlib" and v.loc[50.0, "runner_up_curve"] != v.loc[50.0, "runner_up_curve"]
+
+
+def test_amortised_verdict_adds_side_information_per_image():
+    rows = [(f"l{i}", "l", False, True, b / 4, q, 0.9, 4_000_000) for i, (b, q) in enumerate(TEST)]
+    s = pd.concat([two_curves(), summary(rows)])
+    per_file = analysis.verdict(s, [("psnr", 30.0)]).iloc[0]
+    assert per_file["curve"] == "l" and per_file["learned"]
+    at_1000 = analysis.verdict(s, [("psnr", 30.0)], amortize=1000).iloc[0]
+    assert at_1000["curve"] == "t"  # 4 MB over 1,000 images is 4,000 B each
+    at_1e6 = analysis.verdict(s, [("psnr", 30.0)], amortize=1_000_000).iloc[0]
+    # Interpolated on the amortised points: within a rounding of the per-file bytes + 4 B.
+    assert at_1e6["curve"] == "l" and at_1e6["bytes"] == pytest.approx(per_file["bytes"] + 4.0, abs=0.01)
+
+
+def test_breakeven_is_against_the_best_classical_codec_at_the_same_quality():
+    rows = [("ae-low", "ae", False, True, 40.0, 20.0, 0.8, 400_000),  # below every classical curve
+            ("ae-mid", "ae", False, True, 100.0, 30.0, 0.9, 400_000),
+            ("ae-big", "ae", False, True, 800.0, 36.0, 0.95, 400_000),  # bigger than both at 36 dB
+            ("px", "px", True, True, 120.0, np.inf, 1.0, 50_000),
+            ("zlib", "zlib", True, False, 197.0, np.inf, 1.0, 0)]
+    s = pd.concat([two_curves(), summary(rows)])
+    b = analysis.breakeven(s).set_index("codec")
+    assert np.isnan(b.loc["ae-low", "breakeven_images"])
+    assert b.loc["ae-low", "breakeven_note"] == "no classical lossy curve in this run reaches 20.00 dB"
+    from scipy.interpolate import PchipInterpolator
+
+    q, r = np.array(TEST).T[1], np.log(np.array(TEST).T[0])
+    t30 = float(np.exp(PchipInterpolator(q, r)(30.0)))  # t is cheaper than a at 30 dB
+    assert b.loc["ae-mid", "breakeven_reference"] == f"t ({t30:.1f} B at 30.00 dB)"
+    assert b.loc["ae-mid", "breakeven_images"] == np.ceil(400_000 / (t30 - 100.0))
+    assert b.loc["ae-big", "breakeven_images"] == np.inf
+    assert "t is smaller" in b.loc["ae-big", "breakeven_note"]
+    assert b.loc["px", "breakeven_images"] == np.ceil(50_000 / (197.0 - 120.0))  # lossless: against zlib
+    assert np.isnan(b.loc["zlib", "breakeven_images"]) and b.loc["zlib", "breakeven_note"] == ""
 
 
 def test_dominated_marks_exactly_the_dominated_points():
