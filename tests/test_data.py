@@ -137,3 +137,31 @@ def test_folder_errors_are_clear(tmp_path):
 def test_unknown_dataset_suggests():
     with pytest.raises(DatasetError, match="did you mean mnist-5k"):
         load_dataset("mnist5k")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "mnist-5k", "folder"])
+def test_a_normal_run_of_every_built_in_dataset_shows_no_library_warning(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    data_dir = tmp_path / "data"
+    if dataset == "mnist":
+        write_mnist_idx(data_dir)
+    elif dataset == "fashion-mnist":
+        write_mnist_idx(data_dir / "FashionMNIST" / "raw", gz=True)
+    elif dataset == "folder":
+        rng = np.random.default_rng(0)
+        for i in range(20):
+            (data_dir / str(i % 2)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                data_dir / str(i % 2) / f"{i}.png")
+        dataset = f"folder:{data_dir}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--dataset", dataset, "--data-dir", str(data_dir),
+         "--codecs", "ae99:epochs=1,png", "--sweep", "none", "--no-tsne", "--rounds", "3",
+         "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warn" not in proc.stderr.lower(), proc.stderr
