@@ -474,7 +474,10 @@ def _throughput(r: RunResult) -> str:
         f"Timed region: host uint8 images in, payload bytes out (encode), and back (decode), "
         f"host-device copies included; {r.meta['warmup']} warm-up call(s), then the median of "
         f"{r.meta['rounds']} timed rounds (range = slowest – fastest round); CUDA is synchronised "
-        "before and after each round. PSNR is measured on the timed batch, per device.",
+        "before and after each round. PSNR is measured on the timed batch, per device. The "
+        "selected codecs are timed on every selected device; the settings the verdict names "
+        "(often sweep points) on the first device that runs them. Each codec is timed alone, "
+        "one after another, never while other work runs.",
         "",
         table(df),
     ])
