@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "verdict spreads each codec's side information (default 1000000)")
     r.add_argument("--bd-method", default="pchip", help="BD-rate interpolation: pchip (default, "
                    "as in the JVET common test conditions), cubic or akima")
+    r.add_argument("--jobs", default="1", help="parallel worker processes for the fit-and-quality "
+                   "jobs (joblib; -1: one per core; default 1); speed is always timed afterwards, "
+                   "one codec at a time")
+    r.add_argument("--backend", default=None, help="joblib (local processes, the default with "
+                   "--jobs) or ray (tasks on a Ray cluster: pip install 'aecodec-bench[ray]')")
+    r.add_argument("--ray-address", default=None, help="the Ray cluster's HOST:PORT (default: "
+                   "$RAY_ADDRESS, else a local Ray instance)")
     r.add_argument("--train-device", default=None, help="where models not in the cache yet are "
                    "trained (default: the first --device); part of the model's cache key")
     data_args(r)
@@ -204,6 +211,29 @@ def _verdict_options(args):
                           amortize, args.bd_method)
 
 
+def _backend(args):
+    from bench.executor import BACKENDS, Backend, check_reachable, ray_address, require_ray
+
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        jobs = 0
+    if jobs == 0 or jobs < -1:
+        raise BenchError(f"--jobs: bad value {args.jobs!r}; it must be a whole number of worker "
+                         "processes, 1 or more, or -1 for one per core")
+    name = args.backend or ("joblib" if jobs != 1 else "serial")
+    if name not in BACKENDS:
+        raise BenchError(f"--backend: unknown backend {name!r} (valid: {', '.join(BACKENDS[1:])})")
+    if name == "ray":
+        require_ray()
+        address = ray_address(args.ray_address)
+        if address:
+            check_reachable(address)  # before any work: an unreachable cluster fails in seconds
+    elif args.ray_address:
+        raise BenchError("--ray-address needs --backend ray")
+    return Backend(name, jobs, args.ray_address)
+
+
 def _train_device(text: str | None, devices: list[str]) -> str:
     if text is None:
         return devices[0]
@@ -222,6 +252,7 @@ def cmd_run(args, argv) -> int:
     from bench.runner import runnable
 
     verdict = _verdict_options(args)
+    backend = _backend(args)
     specs = _specs(args)
     devices = _devices(args.device, specs)
     train_device = _train_device(args.train_device, devices)
@@ -238,7 +269,8 @@ def cmd_run(args, argv) -> int:
 
     result = run(specs, dataset, devices, sweeps=sweeps, rounds=args.rounds, warmup=args.warmup,
                  batch=args.batch, cache_dir=args.cache_dir, train_device=train_device,
-                 verdict=verdict, tsne_families=() if args.no_tsne else ("ae",), log=_log)
+                 verdict=verdict, backend=backend,
+                 tsne_families=() if args.no_tsne else ("ae",), log=_log)
     result.meta["command"] = "python -m bench " + shlex.join(argv)
     result.meta["environment"] = results.environment()
     result.meta["seconds"] = round(time.perf_counter() - start, 1)
@@ -246,7 +278,11 @@ def cmd_run(args, argv) -> int:
     # Rendered from what was saved, so that `bench report` later gives the very same report.
     results.save(result, out, render=lambda d: render(results.load(d), d), overwrite=args.overwrite)
     print(f"report: {out / 'report.md'}")
-    return 0
+    failed = result.meta["failed_jobs"]
+    if failed:
+        _log(f"{len(failed)} job(s) failed: {', '.join(f['codec'] for f in failed)} "
+             "(listed in the report)")
+    return 1 if failed else 0
 
 
 def cmd_train(args, argv) -> int:

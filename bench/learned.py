@@ -108,6 +108,7 @@ class LearnedCodec(Codec):
             "code": source_fingerprint((*self.code_modules, __name__)),
             "torch": torch.__version__,
             "train_device": torch.device(data.train_device).type,
+            "threads": torch.get_num_threads(),  # float sums, hence weights, depend on it
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -90,6 +90,7 @@ def render(result: RunResult, out_dir: Path) -> Path:
 def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, plots: Path) -> str:
     sections = [
         _header(result),
+        _failed_jobs(result),
         _verdict(result, a),
         _summary(result, a),
         _ae_vs_pca(result),
@@ -134,6 +135,15 @@ def _header(r: RunResult) -> str:
         f"- **Created:** {env.get('created', 'n/a')}",
     ]
     return "\n".join(lines)
+
+
+def _failed_jobs(r: RunResult) -> str:
+    failed = r.meta.get("failed_jobs", [])
+    if not failed:
+        return ""
+    return "\n".join(["## Failed jobs", "", "These codecs failed and are missing from every "
+                      "table below; the run finished the others.", "",
+                      table(pd.DataFrame(failed))])
 
 
 def _target(metric: str, value: float) -> str:

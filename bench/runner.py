@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ import pandas as pd
 from bench import metrics
 from bench.codec import Codec, CodecError, TrainingData
 from bench.data import Dataset
+from bench.executor import Backend, execute
 from bench.registry import Spec
 from bench.timing import device_name, measure
 
 SAMPLE_SEED = 0
+SERIAL = Backend()
 
 
 @dataclass
@@ -77,65 +80,129 @@ class VerdictOptions:
         return [("psnr", t) for t in self.psnr_targets] + [("ssim", t) for t in self.ssim_targets]
 
 
+@dataclass(frozen=True)
+class QualityJob:
+    """One codec spec's quality pass: fit on the training split, code the test split, measure."""
+
+    spec: Spec
+    role: str  # "main" (a selected codec) or "sweep" (a point of a quality sweep)
+    device: str
+    keep_decoded: bool  # the main codecs' reconstructions feed the samples and t-SNE
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What every quality job reads; shipped to workers once."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray
+    cache_dir: Path | None
+    train_device: str
+    threads: int  # PyTorch threads: float results depend on it, so every worker uses the same
+    progress: bool
+
+
+@dataclass
+class JobResult:
+    row: dict | None = None
+    per_image: pd.DataFrame | None = None
+    decoded: np.ndarray | None = None
+    error: str = ""  # why the job failed: one line
+
+
+def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
+    """Runs in the main process or a worker; a failure is returned, never raised."""
+    try:
+        codec = job.spec.build(job.device)
+        if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
+            sys.modules["torch"].set_num_threads(inputs.threads)
+        codec.fit(TrainingData(inputs.train, inputs.validation, inputs.cache_dir,
+                               inputs.train_device, inputs.progress, _log))
+        payloads = codec.encode(inputs.test)
+        decoded = codec.decode(payloads)
+        frame = metrics.per_image(inputs.test, decoded, payloads.sizes, codec.model_bits(inputs.test))
+        frame.insert(0, "codec", job.spec.canonical)
+        frame.insert(1, "role", job.role)
+        frame.insert(2, "index", np.arange(len(inputs.test)))
+        frame.insert(3, "label", inputs.labels)
+        row = _codec_row(job.spec, codec, job.role, inputs.test.shape[1:])
+        return JobResult(row, frame, decoded if job.keep_decoded else None)
+    except Exception as exc:  # reported with its spec; the other jobs go on
+        first = (str(exc).splitlines() or [""])[0]
+        return JobResult(error=f"{type(exc).__name__}: {first}"[:300])
+
+
 def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
         rounds: int = 5, warmup: int = 1, batch: int | None = None, cache_dir: Path | None = None,
         train_device: str | None = None, verdict: VerdictOptions = VerdictOptions(),
+        backend: Backend = SERIAL, threads: int | None = None,
         tsne_families: tuple[str, ...] = ("ae",), progress: bool = True,
         log: Callable[[str], None] = _log) -> RunResult:
-    """Quality of every spec and sweep point on the test split, then throughput: of the main specs
-    on every selected device, and of the settings the verdict names."""
+    """Quality of every spec and sweep point on the test split (the jobs, on `backend`), then, in
+    this process and one codec at a time, throughput: of the selected codecs on every selected
+    device, and of the settings the verdict names."""
     from tqdm import tqdm
 
     from bench.analysis import verdict_settings
 
     test = dataset.test
-    timed = throughput_batch(test.images, batch)
-    keep = sample_indices(test.labels)
-    training = TrainingData(dataset.train.images, dataset.validation.images, cache_dir,
-                            train_device or devices[0], progress, log)
-    rows, summaries, speed, decoded_for_tsne = [], [], [], {}
-    samples = {"original": test.images[keep]}
     specs = runnable(specs, devices, log)
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
-    jobs = [(s, "main") for s in specs] + [(s, "sweep") for s in sweeps]
-    for spec, role in tqdm(jobs, desc="codecs", unit="codec", disable=None if progress else True):
-        decoded = None
-        for device in devices_for(spec, devices):
-            codec = spec.build(device).fit(training)
-            # The quality pass doubles as the first warm-up call when it codes the timed batch.
-            payloads = codec.encode(test.images)
-            out = codec.decode(payloads)
-            if decoded is None:
-                decoded, sizes = out, payloads.sizes
-                model_bits = codec.model_bits(test.images)
-                summaries.append(_codec_row(spec, codec, role, dataset.shape))
-            if role == "main":
-                speed += _throughput(codec, spec, device, timed, rounds,
-                                     warmup - (timed is test.images))
-        frame = metrics.per_image(test.images, decoded, sizes, model_bits)
-        frame.insert(0, "codec", spec.canonical)
-        frame.insert(1, "role", role)
-        frame.insert(2, "index", np.arange(len(test)))
-        frame.insert(3, "label", test.labels)
-        rows.append(frame)
-        if role == "main":
-            samples[spec.canonical] = decoded[keep]
-            if spec.info.family in tsne_families:
-                decoded_for_tsne[spec.canonical] = decoded
-    per_image = pd.concat(rows, ignore_index=True)
-    summary = summarize(pd.DataFrame(summaries), per_image, pd.DataFrame(speed), dataset.shape,
-                        devices[0])
+    inputs = JobInputs(dataset.train.images, dataset.validation.images, test.images, test.labels,
+                       cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
+                       progress and not backend.parallel)
+    jobs = [QualityJob(s, role, devices_for(s, devices)[0],
+                       role == "main")
+            for role, group in (("main", specs), ("sweep", sweeps)) for s in group]
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=None if progress else True)
+
+    def done(i: int, result: JobResult) -> None:
+        bar.set_postfix_str(jobs[i].spec.canonical, refresh=False)
+        bar.update()
+        if result.error:
+            bar.write(f"job {jobs[i].spec.canonical} failed: {result.error}", file=sys.stderr)
+
+    def resources(job: QualityJob) -> dict:
+        return {"num_gpus": 1} if job.device.startswith("cuda") else {"num_cpus": 1}
+
+    try:
+        results = execute(quality_job, jobs, inputs, backend, done, resources)
+    finally:
+        bar.close()
+    failed = [{"codec": j.spec.canonical, "error": r.error} for j, r in zip(jobs, results) if r.error]
+    ok = [(j, r) for j, r in zip(jobs, results) if not r.error]
+    if not ok:
+        raise CodecError("every job failed: " + "; ".join(f"{f['codec']}: {f['error']}" for f in failed))
+    per_image = pd.concat([r.per_image for _, r in ok], ignore_index=True)
+    rows = pd.DataFrame([r.row for _, r in ok])
+    keep = sample_indices(test.labels)
+    samples = {"original": test.images[keep]}
+    samples.update({j.spec.canonical: r.decoded[keep] for j, r in ok if j.keep_decoded})
+    decoded_for_tsne = {j.spec.canonical: r.decoded for j, r in ok
+                        if j.keep_decoded and j.spec.info.family in tsne_families}
+
+    # Speed is measured here, after the jobs, one codec at a time: never under parallel load.
+    timed = throughput_batch(test.images, batch)
+    training = TrainingData(inputs.train, inputs.validation, cache_dir, inputs.train_device,
+                            progress, log)
+    speed = []
+    for job, _ in ok:
+        if job.role == "main":
+            for device in devices_for(job.spec, devices):
+                speed += _time(job.spec, device, training, inputs.threads, timed, rounds, warmup)
+    summary = summarize(rows, per_image, pd.DataFrame(speed), dataset.shape, devices[0])
     # The verdict names settings (often sweep points) whose speed it quotes: time those too.
-    by_name = {s.canonical: s for s in [*specs, *sweeps]}
-    timed_already = {r["codec"] for r in speed}
+    by_name = {j.spec.canonical: j.spec for j, _ in ok}
+    already = {r["codec"] for r in speed}
     for name in verdict_settings(summary, verdict.targets, verdict.amortize):
-        if name not in timed_already:
+        if name not in already:
             spec = by_name[name]
-            device = devices_for(spec, devices)[0]
-            codec = spec.build(device).fit(training)
-            speed += _throughput(codec, spec, device, timed, rounds, warmup)
+            speed += _time(spec, devices_for(spec, devices)[0], training, inputs.threads, timed,
+                           rounds, warmup)
     throughput = pd.DataFrame(speed)
-    summary = summarize(pd.DataFrame(summaries), per_image, throughput, dataset.shape, devices[0])
+    summary = summarize(rows, per_image, throughput, dataset.shape, devices[0])
     tsne = pd.DataFrame()
     if decoded_for_tsne:
         from bench.analysis import tsne_points
@@ -145,13 +212,23 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
             "image_shape": list(dataset.shape), "train_images": len(dataset.train),
             "validation_images": len(dataset.validation), "test_images": len(test),
-            "devices": devices, "train_device": training.train_device, "rounds": rounds,
+            "devices": devices, "train_device": inputs.train_device, "torch_threads": inputs.threads,
+            "backend": {"name": backend.name, "jobs": backend.jobs}, "rounds": rounds,
             "warmup": warmup, "throughput_batch": len(timed),
             "codecs": [s.canonical for s in specs], "sweeps": [s.canonical for s in sweeps],
+            "failed_jobs": failed,
             "verdict": {"psnr_targets": list(verdict.psnr_targets),
                         "ssim_targets": list(verdict.ssim_targets),
                         "amortize": verdict.amortize, "bd_method": verdict.bd_method}}
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
+
+
+def _time(spec: Spec, device: str, training: TrainingData, threads: int, batch: np.ndarray,
+          rounds: int, warmup: int) -> list[dict]:
+    codec = spec.build(device)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return _throughput(codec.fit(training), spec, device, batch, rounds, warmup)
 
 
 def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,

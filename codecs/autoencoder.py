@@ -132,7 +132,7 @@ def train_autoencoder(model: Autoencoder, images: np.ndarray, epochs: int, seed:
 
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(images).to(device).float().div_(255).unsqueeze(1)
+    x = host_tensor(images).to(device).float().div_(255).unsqueeze(1)
     batch = RECIPE["batch"]
     steps = math.ceil(len(x) / batch)
     # The PCA-initialised linear paths are already good: they move slowly, the conv paths fast.
