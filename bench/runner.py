@@ -102,6 +102,7 @@ class JobInputs:
     train_device: str
     threads: int  # PyTorch threads: float results depend on it, so every worker uses the same
     progress: bool
+    log: Callable[[str], None]  # module-level (picklable) for workers
 
 
 @dataclass
@@ -119,7 +120,7 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
             sys.modules["torch"].set_num_threads(inputs.threads)
         codec.fit(TrainingData(inputs.train, inputs.validation, inputs.cache_dir,
-                               inputs.train_device, inputs.progress, _log))
+                               inputs.train_device, inputs.progress, inputs.log))
         payloads = codec.encode(inputs.test)
         decoded = codec.decode(payloads)
         frame = metrics.per_image(inputs.test, decoded, payloads.sizes, codec.model_bits(inputs.test))
@@ -152,7 +153,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
     inputs = JobInputs(dataset.train.images, dataset.validation.images, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
-                       progress and not backend.parallel)
+                       progress and not backend.parallel, _log if backend.parallel else log)
     jobs = [QualityJob(s, role, devices_for(s, devices)[0],
                        role == "main")
             for role, group in (("main", specs), ("sweep", sweeps)) for s in group]
