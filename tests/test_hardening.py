@@ -153,7 +153,7 @@ def _start(args, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, proc, timeout=120):
+def _wait_for(predicate, proc, timeout=300):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
