@@ -6,6 +6,8 @@ from bench.registry import CodecInfo
 LATENT_LEVELS = {"50": 392, "90": 78, "95": 39, "99": 8}  # round(784 * (1 - p))
 
 _quality = Param("quality", int, 75, 1, 100, help="encoder quality, 1 (smallest) .. 100 (best)")
+# libwebp and libjxl take quality 0 too (their smallest files).
+_quality0 = Param("quality", int, 75, 0, 100, help="encoder quality, 0 (smallest) .. 100 (best)")
 
 
 def _latent_family(prefix: str, factory: str, what: str, params: tuple, devices: tuple):
@@ -50,14 +52,14 @@ BUILTINS = [
               (Param("level", int, 9, 0, 9, help="zlib level"), _shared), family="png"),
     CodecInfo("webp", "bench_codecs.classical:WebP", False,
               "lossy WebP via libwebp (no gray mode: sent as R=G=B)",
-              (_quality, Param("method", int, 4, 0, 6, help="effort")), family="webp",
-              rate_param="quality", sweep="method=6:quality=0/5/10/20/30/40/50/60/70/80/90/95"),
+              (_quality0, Param("method", int, 4, 0, 6, help="effort")), family="webp",
+              rate_param="quality", sweep="method=6:quality=0/1/3/5/10/20/30/40/50/60/70/80/90/95"),
     CodecInfo("webp-lossless", "bench_codecs.classical:WebPLossless", True,
               "lossless WebP via libwebp", (Param("method", int, 4, 0, 6, help="effort"),),
               family="webp-lossless"),
     CodecInfo("jpegxl", "bench_codecs.classical:JpegXL", False, "lossy JPEG XL via libjxl, gray",
-              (_quality, Param("effort", int, 7, 1, 9, help="encoder effort")), family="jpegxl",
-              rate_param="quality", sweep="quality=0/5/10/20/30/40/50/60/70/80/90/95"),
+              (_quality0, Param("effort", int, 7, 1, 9, help="encoder effort")), family="jpegxl",
+              rate_param="quality", sweep="effort=9:quality=0/5/10/20/30/40/50/60/70/80/90/95"),
     CodecInfo("jpegxl-lossless", "bench_codecs.classical:JpegXLLossless", True,
               "lossless JPEG XL via libjxl, gray",
               (Param("effort", int, 7, 1, 9, help="encoder effort"),), family="jpegxl-lossless"),
@@ -66,7 +68,7 @@ BUILTINS = [
               (Param("quality", int, 60, 0, 99, help="libavif quality, 0 (smallest) .. 99"),
                _speed, _shared),
               family="avif", rate_param="quality",
-              sweep="quality=0/5/10/20/30/40/50/60/70/80/90/95"),
+              sweep="speed=4:quality=0/5/10/15/20/30/40/50/60/70/80/90"),
     CodecInfo("avif-lossless", "bench_codecs.classical:AvifLossless", True,
               "lossless AVIF via libavif/libaom: monochrome AV1 (YUV 4:0:0)", (_speed, _shared),
               family="avif-lossless"),
@@ -76,7 +78,7 @@ BUILTINS = [
                      help="OpenJPEG's fixed-quality target: the PSNR (dB) to code to"),
                _resolutions, _shared),
               family="jpeg2000", rate_param="psnr",
-              sweep="resolutions=1:psnr=15/20/25/32/36/40/45/50/55"),
+              sweep="resolutions=1:psnr=15/19/25/32/38/44/50"),
     CodecInfo("jpeg2000-lossless", "bench_codecs.classical:Jpeg2000Lossless", True,
               "lossless JPEG 2000 via OpenJPEG: J2K codestream, one gray component, 5/3 wavelet",
               (_resolutions, _shared), family="jpeg2000-lossless"),

@@ -261,12 +261,14 @@ def jxl_layout(data: bytes) -> Layout:
     codestream is known only to a full parse of its frames, so `end` is None."""
     if data[:2] != b"\xff\x0a":
         raise PayloadError("not a bare JPEG XL codestream")
-    _need(data, 10, "the JPEG XL size header")
-    bits, pos = int.from_bytes(data[2:10], "little"), 0
+    head = data[2:11]  # a SizeHeader takes at most 68 bits
+    bits, pos = int.from_bytes(head, "little"), 0
 
     def u(n: int) -> int:
         nonlocal pos
         pos += n
+        if pos > 8 * len(head):
+            raise PayloadError("truncated: the JPEG XL size header runs past the payload")
         return (bits >> (pos - n)) & ((1 << n) - 1)
 
     def side(small: bool) -> int:
@@ -319,6 +321,7 @@ def avif_layout(data: bytes) -> Layout:
     size, extent = None, None
     for kind, _, body, end in _boxes(data, meta_body + 4, meta_end):  # meta is a FullBox
         if kind == b"iinf":
+            _need(data, body + 8, "the iinf box")
             count = struct.unpack_from(">H" if data[body] == 0 else ">I", data, body + 4)[0]
             if count != 1:
                 raise PayloadError(f"AVIF file has {count} items, not one image")
@@ -334,7 +337,8 @@ def avif_layout(data: bytes) -> Layout:
             extent = _single_extent(data, body, end)
     if size is None:
         raise PayloadError("AVIF file has no image size (ispe)")
-    if extent is None or not (mdat_body <= extent[0] and extent[0] + extent[1] <= mdat_end):
+    # (A length of 0 would mean "to the end of the file": never written, and left unchecked.)
+    if extent is None or not (mdat_body <= extent[0] < extent[0] + extent[1] <= mdat_end):
         raise PayloadError("AVIF item data is not one extent inside mdat")
     _check_av1(data, extent[0], extent[0] + extent[1])
     fields = ()
@@ -347,10 +351,11 @@ def avif_layout(data: bytes) -> Layout:
 
 def _single_extent(data: bytes, body: int, end: int) -> tuple[int, int, int, int] | None:
     """(offset, length, offset of the length field, its size) of a one-item, one-extent iloc."""
+    if body + 16 > end:
+        return None
     version = data[body]
-    _need(data, body + 8, "the iloc box")
     off_size, len_size = data[body + 4] >> 4, data[body + 4] & 15
-    base_size = data[body + 5] >> 4
+    base_size, index_size = data[body + 5] >> 4, (data[body + 5] & 15) if version else 0
     i = body + 6
     count_size = 2 if version < 2 else 4
     items = int.from_bytes(data[i : i + count_size], "big")
@@ -365,9 +370,9 @@ def _single_extent(data: bytes, body: int, end: int) -> tuple[int, int, int, int
     i += 2  # data_reference_index
     base = int.from_bytes(data[i : i + base_size], "big")
     i += base_size
-    if i + 2 + off_size + len_size > end or struct.unpack_from(">H", data, i)[0] != 1:
+    if i + 2 + index_size + off_size + len_size > end or struct.unpack_from(">H", data, i)[0] != 1:
         return None
-    i += 2
+    i += 2 + index_size
     offset = base + int.from_bytes(data[i : i + off_size], "big")
     length = int.from_bytes(data[i + off_size : i + off_size + len_size], "big")
     return offset, length, i + off_size, len_size

@@ -334,3 +334,17 @@ def test_every_classical_class_has_a_registry_entry():
     for name, obj in vars(classical).items():
         if isinstance(obj, type) and issubclass(obj, classical.ImageCodec) and not name.startswith("_"):
             assert name in factories or name == "ImageCodec", name
+
+
+def test_default_sweeps_run_tuned_settings_over_many_points():
+    from bench.registry import default_registry
+
+    reg = default_registry()
+    tuned = {"jpeg": ("optimize", True), "webp": ("method", 6), "jpegxl": ("effort", 9),
+             "avif": ("speed", 4), "jpeg2000": ("resolutions", 1)}
+    for name in ("jpeg", "webp", "jpegxl", "avif", "jpeg2000", "jpegls-near"):
+        points = reg.sweep(f"{name}:{reg.codecs[name].sweep}")
+        assert len(points) >= 7, name
+        if name in tuned:
+            key, value = tuned[name]
+            assert all(dict(p.values)[key] == value for p in points), name
