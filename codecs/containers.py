@@ -221,9 +221,9 @@ def png_layout(data: bytes) -> Layout:
             break
         i = end
     fields, trailer = (), 0
-    if len(idats) == 1 and data[end - 12 : end] == _IEND and idats[0] + 12 + len(_IEND) < end:
-        # One IDAT right before IEND: the header may run up to the IDAT's data, its length
-        # recomputed from the file's; IEND is the same 12 bytes in every file.
+    if len(idats) == 1 and data[end - 12 : end] == _IEND and i == idats[0] + 12 + content:
+        # One IDAT right before IEND: a shared header may run up to the IDAT's data, its
+        # length recomputed from the file's; IEND is the same 12 bytes in every file.
         cuts.append(idats[0] + 8)
         fields, trailer = (Field(idats[0], 4),), len(_IEND)
     return Layout(*size, end=end, content=content, cuts=tuple(cuts), fields=fields, trailer=trailer)
@@ -342,7 +342,8 @@ def avif_layout(data: bytes) -> Layout:
         raise PayloadError("AVIF item data is not one extent inside mdat")
     _check_av1(data, extent[0], extent[0] + extent[1])
     fields = ()
-    if extent[0] == mdat_body and mdat_body - mdat_start == 8 and extent[3] == 4:
+    if (extent[0] == mdat_body and sum(extent[:2]) == mdat_end and mdat_body - mdat_start == 8
+            and extent[3] == 4):
         # The item fills mdat: both lengths follow from the file's length.
         fields = (Field(mdat_start, 4), Field(extent[2], 4))
     return Layout(*size, end=mdat_end, content=extent[1], cuts=(meta_start, mdat_start, mdat_body),
