@@ -6,6 +6,8 @@ from bench.registry import CodecInfo
 LATENT_LEVELS = {"50": 392, "90": 78, "95": 39, "99": 8}  # round(784 * (1 - p))
 
 _quality = Param("quality", int, 75, 1, 100, help="encoder quality, 1 (smallest) .. 100 (best)")
+# libwebp and libjxl take quality 0 too (their smallest files).
+_quality0 = Param("quality", int, 75, 0, 100, help="encoder quality, 0 (smallest) .. 100 (best)")
 
 
 def _latent_family(prefix: str, factory: str, what: str, params: tuple, devices: tuple):
@@ -30,34 +32,77 @@ _training = (
     Param("seed", int, 0, 0, 2**31 - 1, help="training seed"),
 )
 
+_shared = Param("shared_header", bool, False,
+                help="send the header every file shares once, as side information (chosen in "
+                     "fit from the training split); files that do not share it are sent whole")
+_speed = Param("speed", int, 6, 0, 10, help="libavif encoder speed, 0 (slowest, smallest) .. 10")
+_resolutions = Param("resolutions", int, 6, 1, 6,
+                     help="wavelet resolution levels (imagecodecs caps them by the image size: "
+                          "2 at 28x28)")
+
 BUILTINS = [
     CodecInfo("raw", "bench_codecs.classical:Raw", True,
               "uncompressed reference: H*W bytes, the size is side information", family="raw"),
     CodecInfo("jpeg", "bench_codecs.classical:Jpeg", False,
               "JPEG via libjpeg-turbo, grayscale, baseline",
-              (_quality, Param("optimize", bool, False, help="optimized Huffman tables")),
-              family="jpeg", rate_param="quality", sweep="quality=10..95"),
+              (_quality, Param("optimize", bool, False, help="optimized Huffman tables"), _shared),
+              family="jpeg", rate_param="quality",
+              sweep="optimize=1:quality=1/3/5/8/12/18/25/35/50/65/80/90/95"),
     CodecInfo("png", "bench_codecs.classical:Png", True, "PNG via libpng, 8-bit gray",
-              (Param("level", int, 9, 0, 9, help="zlib level"),), family="png"),
+              (Param("level", int, 9, 0, 9, help="zlib level"), _shared), family="png"),
     CodecInfo("webp", "bench_codecs.classical:WebP", False,
               "lossy WebP via libwebp (no gray mode: sent as R=G=B)",
-              (_quality, Param("method", int, 4, 0, 6, help="effort")), family="webp",
-              rate_param="quality", sweep="quality=10..95"),
+              (_quality0, Param("method", int, 4, 0, 6, help="effort")), family="webp",
+              rate_param="quality", sweep="method=6:quality=0/1/3/5/10/20/30/40/50/60/70/80/90/95"),
     CodecInfo("webp-lossless", "bench_codecs.classical:WebPLossless", True,
               "lossless WebP via libwebp", (Param("method", int, 4, 0, 6, help="effort"),),
               family="webp-lossless"),
-    CodecInfo("jpegxl", "bench_codecs.classical:JpegXL", False, "lossy JPEG XL via libjxl",
-              (_quality, Param("effort", int, 7, 1, 9, help="encoder effort")), family="jpegxl",
-              rate_param="quality", sweep="quality=10..95"),
+    CodecInfo("jpegxl", "bench_codecs.classical:JpegXL", False, "lossy JPEG XL via libjxl, gray",
+              (_quality0, Param("effort", int, 7, 1, 9, help="encoder effort")), family="jpegxl",
+              rate_param="quality", sweep="effort=9:quality=0/5/10/20/30/40/50/60/70/80/90/95"),
     CodecInfo("jpegxl-lossless", "bench_codecs.classical:JpegXLLossless", True,
-              "lossless JPEG XL via libjxl",
+              "lossless JPEG XL via libjxl, gray",
               (Param("effort", int, 7, 1, 9, help="encoder effort"),), family="jpegxl-lossless"),
+    CodecInfo("avif", "bench_codecs.classical:Avif", False,
+              "lossy AVIF via libavif/libaom: monochrome AV1 (YUV 4:0:0; R=G=B in, luma kept)",
+              (Param("quality", int, 60, 0, 99, help="libavif quality, 0 (smallest) .. 99"),
+               _speed, _shared),
+              family="avif", rate_param="quality",
+              sweep="speed=4:quality=0/5/10/15/20/30/40/50/60/70/80/90"),
+    CodecInfo("avif-lossless", "bench_codecs.classical:AvifLossless", True,
+              "lossless AVIF via libavif/libaom: monochrome AV1 (YUV 4:0:0)", (_speed, _shared),
+              family="avif-lossless"),
+    CodecInfo("jpeg2000", "bench_codecs.classical:Jpeg2000", False,
+              "lossy JPEG 2000 via OpenJPEG: J2K codestream, one gray component, 9/7 wavelet",
+              (Param("psnr", int, 40, 1, 100,
+                     help="OpenJPEG's fixed-quality target: the PSNR (dB) to code to"),
+               _resolutions, _shared),
+              family="jpeg2000", rate_param="psnr",
+              sweep="resolutions=1:psnr=15/19/25/32/38/44/50"),
+    CodecInfo("jpeg2000-lossless", "bench_codecs.classical:Jpeg2000Lossless", True,
+              "lossless JPEG 2000 via OpenJPEG: J2K codestream, one gray component, 5/3 wavelet",
+              (_resolutions, _shared), family="jpeg2000-lossless"),
+    CodecInfo("jpegls", "bench_codecs.classical:JpegLS", True,
+              "lossless JPEG-LS via CharLS, one gray component", (_shared,), family="jpegls"),
+    CodecInfo("jpegls-near", "bench_codecs.classical:JpegLSNear", False,
+              "near-lossless JPEG-LS via CharLS: every pixel within near of the original",
+              (Param("near", int, 4, 1, 127, help="largest error per pixel, 1 .. 127 (MAXVAL/2)"),
+               _shared),
+              family="jpegls-near", rate_param="near",
+              sweep="near=1/2/3/4/6/8/12/16/24/32/48/64/96/127"),
     CodecInfo("zlib", "bench_codecs.classical:Zlib", True,
               "zlib (deflate) over the raw pixels, 4-byte size header",
               (Param("level", int, 9, 0, 9, help="compression level"),), family="zlib"),
     CodecInfo("lzma", "bench_codecs.classical:Lzma", True,
               "LZMA (.lzma container) over the raw pixels, 4-byte size header",
               (Param("preset", int, 6, 0, 9, help="compression preset"),), family="lzma"),
+    CodecInfo("zstd", "bench_codecs.classical:Zstd", True,
+              "zstd over the raw pixels, 4-byte size header",
+              (Param("level", int, 19, 1, 22, help="compression level (20-22: ultra)"),),
+              family="zstd"),
+    CodecInfo("brotli", "bench_codecs.classical:Brotli", True,
+              "Brotli over the raw pixels, 4-byte size header",
+              (Param("level", int, 9, 0, 11, help="compression level"),), family="brotli"),
     CodecInfo("nvjpeg", "bench_codecs.nvjpeg:NvJpeg", False,
               "JPEG encoded and decoded on the GPU by nvJPEG (torchvision.io); CUDA only",
               (_quality,), devices=("cuda",), family="nvjpeg", rate_param="quality",
