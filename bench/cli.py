@@ -165,11 +165,22 @@ def _sweeps(args, specs):
     if args.sweep == "none":
         return []
     if args.sweep == "auto":
-        infos = dict.fromkeys(s.info for s in specs if s.info.sweep)
-        text = ",".join(f"{info.name}:{info.sweep}" for info in infos)
+        text = ",".join(dict.fromkeys(filter(None, (_auto_sweep(s) for s in specs))))
     else:
         text = args.sweep
     return default_registry().sweep(text) if text else []
+
+
+def _auto_sweep(spec) -> str:
+    """A bare codec name gets its default sweep (e.g. jpeg: optimize=1, 13 qualities); a spec
+    with parameters gets its own curve, swept over the default sweep's values."""
+    info = spec.info
+    if not info.sweep:
+        return ""
+    if spec.canonical == info.name:
+        return f"{info.name}:{info.sweep}"
+    swept = [p for p in info.sweep.split(":") if p.startswith(f"{info.rate_param}=")]
+    return ":".join([spec.fixed, *swept])
 
 
 def _positive(name: str, value: int | None, minimum: int) -> None:

@@ -64,6 +64,11 @@ class Spec:
         rate parameter, so `jpeg:optimize=1` and `jpeg` are two curves."""
         return self._name(self.info.family or self.info.name, (self.info.rate_param,))
 
+    @property
+    def fixed(self) -> str:
+        """The spec without its rate parameter: what a sweep of its own curve holds fixed."""
+        return self._name(self.info.name, (self.info.rate_param,))
+
     def _name(self, head: str, skip: tuple[str, ...]) -> str:
         defaults = {p.name: p.default for p in self.info.params}
         parts = [f"{k}={_fmt(v)}" for k, v in self.values if v != defaults[k] and k not in skip]

@@ -179,3 +179,15 @@ def test_run_of_classical_codecs_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "NO-TORCH" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
+
+
+def test_auto_sweep_is_the_default_curve_of_a_name_and_the_own_curve_of_a_spec():
+    from types import SimpleNamespace
+
+    from bench.cli import _sweeps
+    from bench.registry import parse_specs
+
+    specs = parse_specs("jpeg,jpeg:shared_header=1,webp:method=4:quality=30,zlib")
+    curves = {s.curve for s in _sweeps(SimpleNamespace(sweep="auto"), specs)}
+    assert curves == {"jpeg:optimize=1", "jpeg:shared_header=1", "webp:method=4"}
+    assert _sweeps(SimpleNamespace(sweep="none"), specs) == []
