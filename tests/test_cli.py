@@ -187,7 +187,7 @@ def test_auto_sweep_is_the_default_curve_of_a_name_and_the_own_curve_of_a_spec()
     from bench.cli import _sweeps
     from bench.registry import parse_specs
 
-    specs = parse_specs("jpeg,jpeg:shared_header=1,webp:method=4:quality=30,zlib")
+    specs = parse_specs("jpeg,jpeg:shared_header=1,webp:method=5:quality=30,zlib")
     curves = {s.curve for s in _sweeps(SimpleNamespace(sweep="auto"), specs)}
-    assert curves == {"jpeg:optimize=1", "jpeg:shared_header=1", "webp:method=4"}
+    assert curves == {"jpeg:optimize=1", "jpeg:shared_header=1", "webp:method=5"}
     assert _sweeps(SimpleNamespace(sweep="none"), specs) == []
