@@ -431,8 +431,16 @@ def _rate_distortion(a: Analysis, plots: Path) -> str:
 
 def _bd_rates(a: Analysis) -> str:
     bd = a.bd
+    need = analysis.MIN_POINTS[a.bd_method]
+    lossy = a.points[~a.points["lossless"]]
+    points = {c: g for c, g in lossy.groupby("curve", sort=False)}
+    single = sorted(c for c, g in points.items() if len(analysis.front(g)) < need)
+    bd = bd[~bd["family"].isin(single) & ~bd["anchor"].isin(single)]
     if bd.empty:
         return ""
+    # Pairs with a number first, then the n/a ones; each group by family.
+    bd = bd.assign(na=bd["bd_rate_pct"].isna()).sort_values(["na", "family", "bd_rate_pct"],
+                                                             kind="stable")
     rows, seen = [], set()
     for _, r in bd.iterrows():
         pair = frozenset((r["family"], r["anchor"]))
@@ -459,8 +467,9 @@ def _bd_rates(a: Analysis) -> str:
         "a negative BD-rate means it needs that many percent fewer bytes than the *anchor*. Each "
         "curve uses its own front (a sweep point that a smaller point of the same curve matches is "
         f"left out). *n/a*: the common range is under {analysis.MIN_OVERLAP_DB} dB, or a curve has "
-        f"fewer than {analysis.MIN_POINTS[a.bd_method]} points in it. Both directions of every pair "
-        "are in `bd_rate.csv`.",
+        f"fewer than {need} points in it. Both directions of every pair are in `bd_rate.csv`."
+        + (f" Single points, not curves (a codec's default setting beside its sweep), are left "
+           f"out here: {', '.join(single)}." if single else ""),
         "",
         table(pd.DataFrame(rows)),
     ])
