@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,7 @@ class JobResult:
 
 def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
     """Runs in the main process or a worker; a failure is returned, never raised."""
+    start = time.perf_counter()
     try:
         codec = job.spec.build(job.device)
         if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
@@ -129,6 +131,7 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         frame.insert(2, "index", np.arange(len(inputs.test)))
         frame.insert(3, "label", inputs.labels)
         row = _codec_row(job.spec, codec, job.role, inputs.test.shape[1:])
+        row["job_seconds"] = time.perf_counter() - start  # fit (or cache load) and quality
         return JobResult(row, frame, decoded if job.keep_decoded else None)
     except Exception as exc:  # reported with its spec; the other jobs go on
         first = (str(exc).splitlines() or [""])[0]
@@ -168,10 +171,12 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     def resources(job: QualityJob) -> dict:
         return {"num_gpus": 1} if job.device.startswith("cuda") else {"num_cpus": 1}
 
+    start = time.perf_counter()
     try:
         results = execute(quality_job, jobs, inputs, backend, done, resources)
     finally:
         bar.close()
+    phases = {"jobs": time.perf_counter() - start}
     failed = [{"codec": j.spec.canonical, "error": r.error} for j, r in zip(jobs, results) if r.error]
     ok = [(j, r) for j, r in zip(jobs, results) if not r.error]
     if not ok:
@@ -204,6 +209,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
                            rounds, warmup)
     throughput = pd.DataFrame(speed)
     summary = summarize(rows, per_image, throughput, dataset.shape, devices[0])
+    phases["throughput"] = time.perf_counter() - start - phases["jobs"]
     tsne = pd.DataFrame()
     if decoded_for_tsne:
         from bench.analysis import tsne_points
@@ -218,6 +224,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             "warmup": warmup, "throughput_batch": len(timed),
             "codecs": [s.canonical for s in specs], "sweeps": [s.canonical for s in sweeps],
             "failed_jobs": failed,
+            "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
             "verdict": {"psnr_targets": list(verdict.psnr_targets),
                         "ssim_targets": list(verdict.ssim_targets),
                         "amortize": verdict.amortize, "bd_method": verdict.bd_method}}
