@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--jobs) or ray (tasks on a Ray cluster: pip install 'aecodec-bench[ray]')")
     r.add_argument("--ray-address", default=None, help="the Ray cluster's HOST:PORT (default: "
                    "$RAY_ADDRESS, else a local Ray instance)")
+    r.add_argument("--threads", type=int, default=None, help="PyTorch threads of every job and "
+                   "measurement (default: one per core); part of the models' cache key, since "
+                   "float results depend on it")
     r.add_argument("--train-device", default=None, help="where models not in the cache yet are "
                    "trained (default: the first --device); part of the model's cache key")
     data_args(r)
@@ -258,7 +261,8 @@ def cmd_run(args, argv) -> int:
     from bench import results
     from bench.data import load_dataset
 
-    for name, minimum in (("rounds", MIN_ROUNDS), ("warmup", 0), ("batch", 1), ("epochs", 1)):
+    for name, minimum in (("rounds", MIN_ROUNDS), ("warmup", 0), ("batch", 1), ("epochs", 1),
+                          ("threads", 1)):
         _positive(name, getattr(args, name), minimum)
     from bench.runner import runnable
 
@@ -280,7 +284,7 @@ def cmd_run(args, argv) -> int:
 
     result = run(specs, dataset, devices, sweeps=sweeps, rounds=args.rounds, warmup=args.warmup,
                  batch=args.batch, cache_dir=args.cache_dir, train_device=train_device,
-                 verdict=verdict, backend=backend,
+                 verdict=verdict, backend=backend, threads=args.threads,
                  tsne_families=() if args.no_tsne else ("ae",), log=_log)
     result.meta["command"] = "python -m bench " + shlex.join(argv)
     result.meta["environment"] = results.environment()
