@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--cache-dir", type=Path, default=None,
                        help="where trained models are cached (default: the user cache dir, or "
                        "$BENCH_CACHE_DIR)")
+        q.add_argument("--threads", type=int, default=None, help="PyTorch threads for training "
+                       "and coding (default: one per core); part of the models' cache key, since "
+                       "float results depend on it")
         q.add_argument("--epochs", type=int, default=None,
                        help="training epochs for the autoencoders (overrides :epochs=)")
 
@@ -75,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "--jobs) or ray (tasks on a Ray cluster: pip install 'aecodec-bench[ray]')")
     r.add_argument("--ray-address", default=None, help="the Ray cluster's HOST:PORT (default: "
                    "$RAY_ADDRESS, else a local Ray instance)")
-    r.add_argument("--threads", type=int, default=None, help="PyTorch threads of every job and "
-                   "measurement (default: one per core); part of the models' cache key, since "
-                   "float results depend on it")
     r.add_argument("--train-device", default=None, help="where models not in the cache yet are "
                    "trained (default: the first --device); part of the model's cache key")
     data_args(r)
@@ -306,6 +307,7 @@ def cmd_train(args, argv) -> int:
     from bench.metrics import mse, psnr_from_mse
 
     _positive("epochs", args.epochs, 1)
+    _positive("threads", args.threads, 1)
     specs = _specs(args)
     devices = _devices(args.device, specs)
     devices = devices[-1:] if args.device == "auto" else devices
@@ -318,6 +320,9 @@ def cmd_train(args, argv) -> int:
     dataset = load_dataset(args.dataset, args.data_dir)
     data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir,
                         devices[0], log=_log)
+    import torch  # the same thread count as `run` uses, so that `run` finds these models
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     for spec in trainable:
         codec = spec.build(devices[0])
         start = time.perf_counter()
