@@ -375,20 +375,21 @@ class IntNet:
         """Four bits of a hash of the network, in every payload's header."""
         return hashlib.sha256(self.to_bytes()).digest()[0] & 0x0F
 
-    def to(self, device: str) -> _Tensors:
-        return _Tensors(self, device)
+    def to(self, device: str, dtype: torch.dtype | None = None) -> _Tensors:
+        return _Tensors(self, device, dtype)
 
 
 class _Tensors:
     """The integer network as tensors on one device, and the integer inference.
 
-    Matmuls run in float32 on the CPU and float64 on CUDA: both are exact for these integers (see
-    the module docstring), so both give the same integers and the same tables.
+    Matmuls run in float32 on the CPU and float64 on CUDA (`dtype` overrides: tests run the CUDA
+    arithmetic on the CPU): both are exact for these integers (see the module docstring), so both
+    give the same integers and the same tables.
     """
 
-    def __init__(self, net: IntNet, device: str):
+    def __init__(self, net: IntNet, device: str, dtype: torch.dtype | None = None):
         self.device = torch.device(device)
-        self.dtype = torch.float64 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype or (torch.float64 if self.device.type == "cuda" else torch.float32)
         a = {k: torch.from_numpy(v).to(self.device) for k, v in net.a.items()}
         f = {k: v.to(self.dtype) for k, v in a.items() if not k.startswith("k")}
         self.m = {k: v.double() / 2.0**MULT_BITS for k, v in a.items() if k.startswith("k")}
