@@ -35,6 +35,7 @@ import math
 import struct
 from collections.abc import Sequence
 from contextlib import contextmanager
+from importlib.metadata import version
 
 import constriction
 import numpy as np
@@ -204,9 +205,10 @@ def train_arnet(model: ARNet, images: np.ndarray, epochs: int, seed: int,
 
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    x = host_tensor(images).long()
+    x = host_tensor(images)
     n = len(x)
-    tables = [tuple(torch.from_numpy(t).long() for t in quantiser(v)) for v in model.levels]
+    # uint8 throughout (1 byte per pixel and copy): the full MNIST training split fits easily.
+    tables = [tuple(torch.from_numpy(t.astype(np.uint8)) for t in quantiser(v)) for v in model.levels]
     batch = RECIPE["batch"]
     steps = n * P // batch
     opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
@@ -225,9 +227,10 @@ def train_arnet(model: ARNet, images: np.ndarray, epochs: int, seed: int,
         rec = torch.empty_like(x)
         for i, (q, r) in enumerate(tables):
             sel = lvl == i
-            sym[sel] = q[x[sel]]
-            rec[sel] = r[sym[sel]]
-        flat = padded(rec.to(torch.uint8)).reshape(-1).to(device)
+            bins = q[x[sel].long()]
+            sym[sel] = bins
+            rec[sel] = r[bins.long()]
+        flat = padded(rec).reshape(-1).to(device)
         sym, lvl = sym.reshape(-1).to(device), lvl.to(device)
         order = torch.randperm(n * P, generator=gen).to(device)
         total = 0.0
@@ -235,7 +238,7 @@ def train_arnet(model: ARNet, images: np.ndarray, epochs: int, seed: int,
             idx = order[s * batch:(s + 1) * batch]
             img, pos = idx // P, idx % P
             ctx = flat[(img * PAD_SIZE + base[pos])[:, None] + context].float() / 255.0
-            loss = model.bits(ctx, pos, lvl[img], sym[idx]).mean()
+            loss = model.bits(ctx, pos, lvl[img], sym[idx].long()).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -322,7 +325,8 @@ class IntNet:
             levels = tuple(LEVELS[i] for i in data[7:7 + n_levels])
         except (struct.error, IndexError):
             raise CodecError("ar side information is malformed (bad header)") from None
-        if magic != cls.MAGIC or not 1 <= width <= MAX_WIDTH or len(levels) != n_levels:
+        if (magic != cls.MAGIC or not 1 <= width <= MAX_WIDTH or not levels
+                or len(set(levels)) != n_levels):
             raise CodecError("ar side information is malformed (bad header)")
         shapes = cls.shapes(width, n_levels, 256 in levels)
         at, arrays = 7 + n_levels, {}
@@ -521,7 +525,7 @@ class ARCodec(LearnedCodec):
         self.net: IntNet | None = None
         self.side_info = b""
         self.threads = INFERENCE_THREADS  # on the CPU; tests change it to show it does not matter
-        self.library = f"torch {torch.__version__} + constriction"
+        self.library = f"torch {torch.__version__}, constriction {version('constriction')}"
         self._tensors: _Tensors | None = None
 
     def hyperparameters(self) -> dict:
@@ -598,6 +602,7 @@ class ARCodec(LearnedCodec):
             a2[live] = t.hidden(ctx[live], t.b1[mi, pos[live]])
             cw = cw_zero[pos]
             cw[live] = t.coarse(a2[live], cw.shape[1])
+            # Fresh tensors, so C-contiguous: constriction silently misreads any other layout.
             if not lossless:
                 offsets = np.arange(n + 1) * P
                 yield s, cw.cpu().numpy(), q.int().cpu().numpy(), offsets
