@@ -30,6 +30,7 @@ in 16). The stream's last 32-bit word is cut to whole bytes where the decoder st
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import math
 import struct
@@ -79,7 +80,19 @@ LOSSY_LEVELS = LEVELS[1:]
 T_LOGIT = 16  # integer logit units per nat
 EXP_BITS = 20
 D_MAX = int(math.floor(T_LOGIT * math.log(2 ** (EXP_BITS + 1))))  # EXP[D_MAX] = 1
-EXP_TABLE = np.floor(2.0 ** EXP_BITS * np.exp(-np.arange(D_MAX + 1) / T_LOGIT) + 0.5)
+
+
+def _exp_table() -> np.ndarray:
+    """EXP[d] = round(2**EXP_BITS * exp(-d / T_LOGIT)), d = 0..D_MAX, in decimal arithmetic: its exp
+    is correctly rounded, so every machine builds the same table (libm's exp need not be)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        scale = decimal.Decimal(2**EXP_BITS)
+        return np.array([float((scale * (decimal.Decimal(-d) / T_LOGIT).exp())
+                               .to_integral_value(decimal.ROUND_HALF_UP)) for d in range(D_MAX + 1)])
+
+
+EXP_TABLE = _exp_table()
 MULT_BITS = 20
 EXACT_LIMIT = 2**24  # float32 represents every integer below it
 MAX_WIDTH = 256  # 256 * 127 * 255 < 2**23: the weights alone stay well inside EXACT_LIMIT
@@ -189,7 +202,8 @@ class ARNet(nn.Module):
         if self.fine is not None and len(sel):
             # Only the pixels that need a fine symbol go through the fine head (a fifth of them).
             g, lo = (sym[sel] - 1) // NF, (sym[sel] - 1) % NF
-            fl = self._logits(h[sel], self.fine).view(-1, NG, NF)[torch.arange(len(sel)), g]
+            rows = torch.arange(len(sel), device=ctx.device)
+            fl = self._logits(h[sel], self.fine).view(-1, NG, NF)[rows, g]
             impossible = (g[:, None] == NG - 1) & (torch.arange(NF, device=ctx.device) == NF - 1)
             fl = fl.masked_fill(impossible, float("-inf"))  # 1 + 16 * 15 + 15 = 256 is no pixel
             nats = nats.index_add(0, sel, f.cross_entropy(fl, lo, reduction="none"))
@@ -555,8 +569,11 @@ class ARCodec(LearnedCodec):
 
     def set_network(self, side_info: bytes) -> None:
         """Run on the network that the side information carries, as a receiver would."""
-        self.net = IntNet.from_bytes(side_info)
-        self.side_info = side_info
+        net = IntNet.from_bytes(side_info)
+        if self.levels not in net.levels:
+            raise CodecError(f"{self.name}: this side information is a network for levels "
+                             f"{', '.join(map(str, net.levels))}, not for {self.levels}")
+        self.net, self.side_info = net, side_info
         self._tensors = self.net.to(self.device)
         self.header = (LEVELS.index(self.levels) << 4) | self.net.tag
 
