@@ -39,6 +39,8 @@ _speed = Param("speed", int, 6, 0, 10, help="libavif encoder speed, 0 (slowest, 
 _resolutions = Param("resolutions", int, 6, 1, 6,
                      help="wavelet resolution levels (imagecodecs caps them by the image size: "
                           "2 at 28x28)")
+AR_LEVELS = (3, 4, 5, 6, 8, 10, 12, 16)  # the level counts the ar-lossy model is trained on
+_ar_width = Param("width", int, 64, 8, 256, help="hidden units of both layers")
 
 BUILTINS = [
     CodecInfo("raw", "bench_codecs.classical:Raw", True,
@@ -110,4 +112,16 @@ BUILTINS = [
     *_latent_family("ae", "bench_codecs.autoencoder:AutoencoderCodec",
                     "conv autoencoder", _training, ("cpu", "cuda")),
     *_latent_family("pca", "bench_codecs.pca:PCACodec", "PCA control", (), ("cpu",)),
+    CodecInfo("ar", "bench_codecs.autoregressive:ARCodec", True,
+              "learned lossless: autoregressive integer MLP over each pixel's causal neighbourhood, "
+              "range-coded (constriction)",
+              (_ar_width, Param("epochs", int, 4, 1, 10_000, help="training epochs"), _training[1]),
+              devices=("cpu", "cuda"), family="ar", learned=True),
+    CodecInfo("ar-lossy", "bench_codecs.autoregressive:ARLossyCodec", False,
+              "the ar model on pixels quantised to `levels` levels (0 and 255 exact), one model "
+              "for every level count",
+              (Param("levels", int, 8, choices=AR_LEVELS, help="levels per pixel"), _ar_width,
+               Param("epochs", int, 6, 1, 10_000, help="training epochs"), _training[1]),
+              devices=("cpu", "cuda"), family="ar-lossy", rate_param="levels",
+              sweep="levels=" + "/".join(map(str, AR_LEVELS)), learned=True),
 ]

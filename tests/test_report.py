@@ -179,3 +179,23 @@ def test_tsne_embeds_all_codecs_jointly_around_shared_originals():
     assert (pts["kind"] == "original").sum() == 200
     assert pts.groupby("codec").size().to_dict() == {"": 200, "ae0": 200, "ae1": 200, "ae2": 200,
                                                      "ae3": 200}
+
+
+def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
+    from bench.report import PUBLISHED_LOSSLESS_MNIST, _lossless
+    from bench.runner import RunResult
+
+    s = pd.DataFrame({"codec": ["zlib", "ar", "jpeg"], "lossless": [True, True, False],
+                      "bpp": [1.97, 1.17, 5.7], "bytes_mean": [193.0, 115.0, 560.0],
+                      "side_info_bytes": [0, 40_464, 0]})
+    meta = {"dataset": "mnist-5k", "test_images": 1000}
+    text = _lossless(RunResult(meta, s, pd.DataFrame(), pd.DataFrame()))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["ar", "BB-ANS (VAE, bits back)", "LZMA", "gzip",
+                     "Bit-Swap (hierarchical VAE, bits back)", "zlib"]  # by bits per pixel
+    assert "1.170" in rows[0] and "40,464 B side info" in rows[0] and "1.685" in rows[4]
+    assert "jpeg" not in text and len(PUBLISHED_LOSSLESS_MNIST) == 4
+    other = _lossless(RunResult({**meta, "dataset": "fashion-mnist"}, s, pd.DataFrame(), pd.DataFrame()))
+    assert "zlib" in other and "BB-ANS" not in other  # MNIST figures only beside MNIST
+    assert _lossless(RunResult(meta, s[~s["lossless"]], pd.DataFrame(), pd.DataFrame())) == ""
