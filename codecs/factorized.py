@@ -376,24 +376,28 @@ class RangeCoder:
 
     @staticmethod
     def _terminate(enc) -> bytes:
-        """The stream with the fewest bytes. constriction seals with the point
-        ceil(lower / 2**32) * 2**32 of the final interval [lower, lower + range); any point in it
-        decodes the same, so take the one with the most zero low bytes and drop those bytes
-        (the decoder pads with zeros). Only when sealing wrote exactly one word, i.e. no carry
-        was pending, and the interval does not wrap past 2**64; otherwise constriction's own
-        ending is kept (it costs up to 3 bytes, on a few images in a thousand)."""
+        """The shortest stream that decodes. Read as one big number (the decoder pads it with
+        zero bytes), any value in the final interval decodes the same symbols; constriction's
+        seal writes about lower + 2**32. Take instead the value with the most trailing zero
+        bits and drop its trailing zero bytes: about 1.7 bytes less per image.
+
+        The interval, from the coder's state: the `pos` words before the 64-bit `lower` (some
+        of them held back while a carry may still come: when the interval wraps past 2**64,
+        constriction writes them at the seal, carried if its own point wrapped), then `lower`;
+        it spans `range` from there."""
         pos, (lower, rng) = enc.pos()
         words = enc.get_compressed()
-        data = words.astype(">u4").tobytes()
-        if len(words) != pos + 1 or lower + rng > 1 << 64:
-            return data
-        upper = lower + rng - 1
-        for k in (3, 2, 1):
-            step = 1 << (32 + 8 * k)
-            point = -(-lower // step) * step
-            if point <= upper:
-                return data[:-4] + (point >> 32).to_bytes(4, "big")[: 4 - k]
-        return data
+        prefix = int.from_bytes(words[:pos].astype(">u4").tobytes(), "big")
+        if lower + rng >= 1 << 64 and lower + (1 << 32) - 1 >= 1 << 64:
+            prefix -= 1  # undo the seal's carry: the carry is part of the interval below
+        low = prefix << 64 | lower
+        high = low + rng - 1
+        # The number in [low, high] with the most trailing zeros: high with every bit below the
+        # highest bit where low - 1 and high differ cleared.
+        top = ((low - 1) ^ high).bit_length() - 1 if low else high.bit_length()
+        point = high >> top << top
+        data = point.to_bytes(4 * pos + 8, "big").rstrip(b"\0")
+        return data or b"\0"  # never empty: an empty payload means a missing one
 
     def decode(self, payloads: Payloads, codec: str) -> np.ndarray:
         n, rows = len(payloads), len(self.size)
