@@ -50,8 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.codec import (CodecError, Payloads, PayloadError, TrainingData, check_images,
-                         payloads_to_decode)
+from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
 from bench.learned import LearnedCodec
 from bench_codecs.host import host_tensor
 
