@@ -23,19 +23,24 @@ frequencies (`build_tables`) and the tables are stored in the model's buffers, h
 checkpoint: encoder and decoder build their constriction models from exactly these integers,
 never from a float network output, so the decoder rebuilds the encoder's probabilities bit for
 bit. Each table covers the integers [lo, hi] outside of which its density has at most
-TABLES["tail_mass"], plus one escape symbol. A payload is one constriction range-coder stream:
-the 784 symbols in a fixed order, then the value of every escaped latent (side bit, bit length,
-raw bits: any int32 is representable, nothing is clipped); big-endian 32-bit words whose last
-word is cut to the fewest bytes that still decode (the decoder pads with zeros). The image size
-is the model's, so there is no header.
+TABLES["tail_mass"], plus one escape symbol. A payload is one constriction range-coder stream
+(big-endian 32-bit words): one symbol per latent in a fixed order, then the value of every
+escaped latent (side bit, bit length, raw bits: any int32 is representable, nothing is
+clipped). It ends at the point of the final interval with the most trailing zero bits, whose
+trailing zero bytes are dropped (the decoder pads with zeros). The image size is the model's,
+so there is no header. Like JPEG's entropy-coded data a range-coder stream has no end marker:
+bytes appended to a payload, and most bit flips, still decode to some image; what constriction
+or the escape code can tell is corrupt is a PayloadError.
 
 **Identical pixels whatever the batch.** Float convolutions on the CPU can give different low
 bits for different batch sizes (another kernel blocking). Analysis and synthesis therefore
 always run on zero-padded chunks of exactly CHUNK images copied into one buffer, so an image's
-latents and pixels are the same alone, in any split and, on the CPU, with 1 or 2 threads
-(PyTorch's CPU convolutions split work over output elements, not over the sums: tested, not
-promised by PyTorch). The limit: pixels decoded on another device or CPU type can differ in
-the last rounding step; bit-exact pixels everywhere would need integer synthesis.
+latents and pixels are the same alone and in any split. On the CPU they run with
+CPU_INFERENCE_THREADS threads whatever the caller set (with the caller's count instead, 1 and 2
+threads gave the same pixels too, since PyTorch's CPU convolutions split work over output
+elements, not over the sums: tested, not promised). The limit: pixels decoded on another
+device or CPU type can differ in the last rounding step (on CUDA, cuDNN may use TF32);
+bit-exact pixels everywhere would need integer synthesis. The payloads are exact everywhere.
 """
 
 from __future__ import annotations
@@ -66,6 +71,12 @@ RECIPE = {"version": 1, "batch": 8, "lr": 5e-3, "warmup": 0.03, "schedule": "cos
 TABLES = {"version": 1, "precision": 16, "tail_mass": 1e-5, "search": 128}
 # Images per analysis/synthesis call, always this many (zero-padded): see the module docstring.
 CHUNK = {"cpu": 64, "cuda": 4096}
+# PyTorch threads for analysis and synthesis on the CPU, whatever the caller set (restored after);
+# None: the caller's. Chunks of 64 are too small to split well: a second thread gained 10-25 % on
+# an idle 2-core machine, and when another process holds a core every parallel region waits for
+# the descheduled thread: 600 img/s instead of 11,000-29,000 (load 5 on 2 cores). The entropy
+# coder is single-threaded anyway. It also makes the pixels independent of the thread count.
+CPU_INFERENCE_THREADS = 1
 SHARED_MIN = 16  # rows with byte-identical tables (dead latents) share one constriction model
 MAX_ESCAPE_BITS = 32  # escape codes carry d + 1 in at most this many bits
 
@@ -527,17 +538,24 @@ class FactorizedCodec(LearnedCodec):
     def _chunked(self, fn: nn.Module, x: torch.Tensor, out_shape: tuple) -> torch.Tensor:
         """fn over x in chunks of exactly CHUNK images: each one copied into the same zeroed
         buffer, so an image's result does not depend on the batch it came in."""
-        chunk = CHUNK[torch.device(self.device).type]
+        device = torch.device(self.device).type
+        chunk = CHUNK[device]
         out = torch.empty((len(x), *out_shape))
         buf = torch.zeros((chunk, *x.shape[1:]), device=self.device).contiguous(
             memory_format=torch.channels_last)
-        with torch.inference_mode():
-            for s in range(0, len(x), chunk):
-                part = x[s : s + chunk]
-                buf[: len(part)].copy_(part, non_blocking=True)
-                if len(part) < chunk:
-                    buf[len(part) :].zero_()
-                out[s : s + len(part)] = fn(buf)[: len(part)].float().cpu()
+        before = torch.get_num_threads()
+        if device == "cpu" and CPU_INFERENCE_THREADS:
+            torch.set_num_threads(CPU_INFERENCE_THREADS)
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(x), chunk):
+                    part = x[s : s + chunk]
+                    buf[: len(part)].copy_(part, non_blocking=True)
+                    if len(part) < chunk:
+                        buf[len(part) :].zero_()
+                    out[s : s + len(part)] = fn(buf)[: len(part)].float().cpu()
+        finally:
+            torch.set_num_threads(before)
         return out
 
     def latents(self, images: np.ndarray) -> np.ndarray:
