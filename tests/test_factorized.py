@@ -247,9 +247,10 @@ def test_damaged_checkpoints_are_reported_and_retrained(mnist5k, tmp_path):
         assert torch.equal(pa, pb)  # seeded: the retrained model is the same model
 
 
-# -- the quality bars (slow: trains five models, about two minutes on two busy cores) -------------
+# -- the quality bars (slow: five short models, the four autoencoders and two classical sweeps,
+# trained and measured once: 100 s on this 2-core machine at load 5) -----------------------------
 
-SLOW_QUALITIES = (2, 3, 4, 5, 6)
+SLOW_QUALITIES = (2, 3, 4, 5, 7)  # 21-35 dB after 4 epochs (the full recipe: 22-38 dB)
 SLOW_EPOCHS = 4
 
 
@@ -268,7 +269,7 @@ def sweep_summary(mnist5k, cache):
     sweeps += reg.sweep("jpegxl:quality=0/5/10/20/30/40/50/60/70/80/90/95")
     sweeps += reg.parse("ae*")
     result = run([], mnist5k, ["cpu"], sweeps=sweeps, rounds=1, warmup=0, batch=100,
-                 cache_dir=cache, threads=2, tsne_families=(), progress=False, log=lambda m: None)
+                 cache_dir=cache, threads=1, tsne_families=(), progress=False, log=lambda m: None)
     assert not result.meta["failed_jobs"]
     return result.summary
 
@@ -278,8 +279,8 @@ def test_five_points_span_20_to_35_db(sweep_summary):
     points = sweep_summary[sweep_summary["family"] == "factorized"]
     assert len(points) == len(SLOW_QUALITIES)
     psnr = points.sort_values("bytes_mean")["psnr_db"].to_numpy()
-    assert (np.diff(psnr) > 0).all() and psnr.min() < 22.5 and psnr.max() > 33, psnr
-    assert ((psnr >= 20) & (psnr <= 36)).all(), psnr
+    assert (np.diff(psnr) > 0).all() and psnr.min() < 22.5 and psnr.max() > 34.5, psnr
+    assert ((psnr >= 20) & (psnr <= 37)).all(), psnr
 
 
 @pytest.mark.slow
@@ -287,8 +288,9 @@ def test_bd_rate_against_webp_and_jpegxl(sweep_summary):
     from bench.analysis import bd_table
 
     table = bd_table(sweep_summary).set_index(["family", "anchor"])
-    vs_webp = table.loc[("factorized:epochs=4", "webp:method=6")]
-    vs_jxl = table.loc[("factorized:epochs=4", "jpegxl")]
+    ours = f"factorized:epochs={SLOW_EPOCHS}"
+    vs_webp = table.loc[(ours, "webp:method=6")]  # measured: -53 % over 22.5-35.3 dB
+    vs_jxl = table.loc[(ours, "jpegxl")]  # -69 % over 21.2-35.3 dB
     assert vs_webp["bd_rate_pct"] <= -30, vs_webp.to_dict()
     assert vs_jxl["bd_rate_pct"] <= -50, vs_jxl.to_dict()
     assert vs_webp["psnr_high_db"] - vs_webp["psnr_low_db"] > 8  # over a real common range
