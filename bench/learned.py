@@ -53,6 +53,9 @@ class LearnedCodec(Codec):
     family = ""
     code_modules: tuple[str, ...] = ()
     allow_bf16 = True  # False where the coding needs exact float32 outputs
+    # PyTorch threads that training runs with, part of the recipe (the caller's setting is
+    # restored afterwards); None: the caller's. Float sums, hence weights, depend on it.
+    train_threads: int | None = None
 
     def __init__(self, epochs: int, seed: int = 0, device: str = "cpu"):
         self.epochs, self.seed, self.device = epochs, seed, device
@@ -108,7 +111,7 @@ class LearnedCodec(Codec):
             "code": source_fingerprint((*self.code_modules, __name__)),
             "torch": torch.__version__,
             "train_device": torch.device(data.train_device).type,
-            "threads": torch.get_num_threads(),  # float sums, hence weights, depend on it
+            "threads": self.train_threads or torch.get_num_threads(),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -124,7 +127,7 @@ class LearnedCodec(Codec):
         if self.model is None:
             torch.manual_seed(self.seed)
             self.model = self.build_model(shape).to(data.train_device)
-            self.losses = self.train_model(self.model, data)
+            self.losses = self._train(data)
             state = {"key": key, "model": self.model.state_dict(), "losses": self.losses}
             try:
                 atomic_write(path, lambda f: torch.save(state, f))
@@ -133,6 +136,15 @@ class LearnedCodec(Codec):
                          "the trained model is used for this run only (set --cache-dir)")
         self.prepare(data)
         return self
+
+    def _train(self, data: TrainingData) -> list[float]:
+        before = torch.get_num_threads()
+        if self.train_threads:
+            torch.set_num_threads(self.train_threads)
+        try:
+            return self.train_model(self.model, data)
+        finally:
+            torch.set_num_threads(before)
 
     def _load(self, path: Path, key: str, shape, log) -> nn.Module | None:
         try:

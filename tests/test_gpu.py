@@ -1,5 +1,5 @@
-"""The AE on CUDA: skipped cleanly without a device (CI has none); scripts/gpu_check.sh runs these
-and the CUDA cases of test_nvjpeg.py."""
+"""The AE and the factorized codec on CUDA: skipped cleanly without a device (CI has none);
+scripts/gpu_check.sh runs these and the CUDA cases of test_nvjpeg.py."""
 
 import numpy as np
 import pytest
@@ -39,3 +39,40 @@ def test_gpu_batch_has_no_per_image_python_loop(ae_pair, mnist5k):
     assert payloads.as_array().shape == (len(big), 39)
     assert gpu.decode(payloads).shape == big.shape
 
+
+
+@pytest.fixture(scope="module")
+def factorized_pair(mnist5k, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("gpu-factorized-cache")
+    data = training(mnist5k.train.images[:600], cache)
+    cpu = get_codec("factorized:epochs=1").fit(data)
+    gpu = get_codec("factorized:epochs=1", device="cuda").fit(data)  # the CPU-trained model
+    return cpu, gpu
+
+
+def test_factorized_payloads_are_exact_across_devices(factorized_pair, mnist5k):
+    cpu, gpu = factorized_pair
+    assert not gpu.trained_now
+    x = mnist5k.test.images
+    payloads = gpu.encode(x)
+    # The latents travel exactly whichever device coded them; pixels may differ by a rounding.
+    assert np.array_equal(cpu.coder.decode(payloads, "cpu"), gpu.latents(x))
+    diff = np.abs(gpu.decode(payloads).astype(int) - cpu.decode(payloads))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_factorized_pixels_on_cuda_do_not_depend_on_the_batch(factorized_pair, mnist5k):
+    _, gpu = factorized_pair
+    payloads = list(gpu.encode(mnist5k.test.images))
+    whole = gpu.decode(payloads)
+    alone = np.concatenate([gpu.decode([p]) for p in payloads[:20]])
+    split = np.concatenate([gpu.decode(payloads[s : s + 333]) for s in range(0, len(payloads), 333)])
+    assert np.array_equal(alone, whole[:20]) and np.array_equal(split, whole)
+
+
+def test_factorized_trains_on_cuda(mnist5k, tmp_path):
+    data = training(mnist5k.train.images[:600], tmp_path, train_device="cuda")
+    codec = get_codec("factorized:epochs=1", device="cuda").fit(data)
+    assert codec.trained_now and int(codec.model.table_size.min()) >= 2
+    x = mnist5k.test.images[:200]
+    assert np.array_equal(codec.coder.decode(codec.encode(x), "t"), codec.latents(x))

@@ -22,10 +22,11 @@ SHARED = ["jpeg:shared_header=1", "png:shared_header=1", "avif:shared_header=1",
           "jpeg2000:shared_header=1", "jpegls:shared_header=1"]
 CPU_CODECS = ["raw", "jpeg", "png", "webp", "webp-lossless", "jpegxl", "jpegxl-lossless",
               "avif", "avif-lossless", "jpeg2000", "jpeg2000-lossless", "jpegls", "jpegls-near",
-              "zlib", "lzma", "zstd", "brotli", *SHARED, "ae95", "pca95", "ar", "ar-lossy"]
+              "zlib", "lzma", "zstd", "brotli", *SHARED, "ae95", "pca95", "ar", "ar-lossy",
+              "factorized"]
 # Learned codecs are fuzzed with small models: what is fuzzed is the decoder, not the model.
 FIT_AS = {"ae95": "ae95:epochs=1", "ar": "ar:width=16:epochs=1",
-          "ar-lossy": "ar-lossy:width=16:epochs=1"}
+          "ar-lossy": "ar-lossy:width=16:epochs=1", "factorized": "factorized:epochs=1"}
 # The ar decoders run 784 sequential steps per payload (about 40-80 ms for one image on this 2-core
 # machine) when the header byte lets a payload through: fewer cases, about 10 s per codec.
 FUZZ_CAP = {"ar": 200, "ar-lossy": 200}
@@ -33,8 +34,10 @@ LOSSLESS = ["raw", "png", "webp-lossless", "jpegxl-lossless", "avif-lossless",
             "jpeg2000-lossless", "jpegls", "zlib", "lzma", "zstd", "brotli",
             "png:shared_header=1", "jpegls:shared_header=1"]
 LOSSY = ["jpeg", "webp", "jpegxl", "avif", "jpeg2000", "jpegls-near", "jpeg:shared_header=1",
-         "avif:shared_header=1", "jpeg2000:shared_header=1", "ae95", "pca95", "ar-lossy"]
-# Formats in which every byte string of the right length is a valid payload.
+         "avif:shared_header=1", "jpeg2000:shared_header=1", "ae95", "pca95", "ar-lossy",
+         "factorized"]
+# Formats in which every byte string of the right length is a valid payload. (A range-coder
+# stream has no end marker either: most byte strings decode to some image; see factorized.py.)
 ANY_BYTES_VALID = {"raw": 784, "ae95": 39, "pca95": 39}
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
