@@ -13,7 +13,8 @@ import numpy as np
 
 from bench.codec import BenchError
 
-DEFAULT_CODECS = "ae*,pca*,jpeg,webp,png,zlib"
+DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,"
+                  "jpegls-near:shared_header=1,png,zlib")
 REPORTS = Path("reports")
 MIN_ROUNDS = 3  # a median needs three
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and coding (default: one per core); part of the models' cache key, since "
                        "float results depend on it")
         q.add_argument("--epochs", type=int, default=None,
-                       help="training epochs for the autoencoders (overrides :epochs=)")
+                       help="training epochs for every learned codec (overrides :epochs=)")
 
     r = sub.add_parser("run", help="measure codecs on a dataset and write a report")
     r.add_argument("--codecs", default=DEFAULT_CODECS,
@@ -83,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained (default: the first --device); part of the model's cache key")
     data_args(r)
 
-    t = sub.add_parser("train", help="train and cache autoencoders (run does this on demand)")
-    t.add_argument("--codecs", default="ae*", help="autoencoder specs (default: ae*)")
+    t = sub.add_parser("train", help="train and cache learned codecs (run does this on demand)")
+    t.add_argument("--codecs", default="ae*", help="learned codec specs, e.g. 'ae*,factorized:quality=3' "
+                   "(default: ae*)")
     t.add_argument("--device", default="auto", help="cpu or cuda (default auto: cuda when present)")
     data_args(t)
 

@@ -31,9 +31,11 @@ def test_rehearsal_runs_every_step_and_prints_the_throughput_tables(tmp_path):
     out = proc.stdout
     assert "rehearsal on the CPU" in out and "torch " in out  # environment line with versions
     assert "passed" in out  # the CPU cases of the GPU tests ran
-    for run in ("gpu-run", "cpu-run"):
+    for run in ("gpu-run", "cpu-run", "learned-run"):
         assert (tmp_path / run / "report.md").is_file()
     tables = out[out.index("== gpu-run"):]
     rows = [line for line in tables.splitlines() if line.startswith("| ae95") or line.startswith("| jpeg")]
     assert len(rows) == 6  # ae95 and jpeg both ways at the big batch, ae95 both ways at 1,024
+    learned = out[out.index("== learned-run"):].splitlines()
+    assert sum(line.startswith(("| factorized", "| ar ")) for line in learned) == 4
     assert "skipping nvjpeg: not available on cpu" in proc.stderr

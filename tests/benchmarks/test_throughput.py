@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: encode and decode of each default codec on a fixed mnist-5k batch.
+"""pytest-benchmark suite: encode and decode of each default codec (`bench run`'s default
+`--codecs`) on a fixed mnist-5k batch.
 
 `make bench` saves JSON under .benchmarks/; `make bench-compare` compares with the last save.
 Bytes and PSNR go into extra_info so a speed change can be read beside its quality.
@@ -7,12 +8,12 @@ Bytes and PSNR go into extra_info so a speed change can be read beside its quali
 import numpy as np
 import pytest
 
+from bench.cli import DEFAULT_CODECS
 from bench.metrics import mse, psnr_from_mse
-from bench.registry import get_codec
+from bench.registry import default_registry, with_param
 from conftest import training
 
-DEFAULT_CODECS = ["ae50", "ae90", "ae95", "ae99", "pca50", "pca90", "pca95", "pca99",
-                  "jpeg", "webp", "png", "zlib"]
+SPECS = {s.canonical: s for s in default_registry().parse(DEFAULT_CODECS)}
 BATCH = 1024
 # ae95 also at a batch whose activations outgrow the CPU's caches (the AE codes in chunks for this).
 BIG_BATCH = 8192
@@ -29,10 +30,11 @@ def batch(mnist5k):
 
 @pytest.fixture(scope="module")
 def codecs(mnist5k):
-    # Few epochs: speed does not depend on how well the weights are trained.
+    # One epoch: speed does not depend on how well the weights are trained (the widths are the
+    # defaults, so the per-image work is the real codec's).
     built = {}
-    for name in DEFAULT_CODECS:
-        codec = get_codec(f"{name}:epochs=1" if name.startswith("ae") else name)
+    for name, spec in SPECS.items():
+        codec = (with_param(spec, "epochs", 1) if spec.info.learned else spec).build()
         codec.fit(training(mnist5k.train.images, validation=mnist5k.validation.images))
         built[name] = codec
     return built
@@ -46,7 +48,7 @@ def _info(benchmark, codec, batch, payloads):
     })
 
 
-@pytest.mark.parametrize("name", DEFAULT_CODECS)
+@pytest.mark.parametrize("name", SPECS)
 def test_encode(benchmark, codecs, batch, name):
     codec = codecs[name]
     payloads = benchmark(codec.encode, batch)
@@ -54,7 +56,7 @@ def test_encode(benchmark, codecs, batch, name):
     _info(benchmark, codec, batch, payloads)
 
 
-@pytest.mark.parametrize("name", DEFAULT_CODECS)
+@pytest.mark.parametrize("name", SPECS)
 def test_decode(benchmark, codecs, batch, name):
     codec = codecs[name]
     payloads = codec.encode(batch)
