@@ -37,5 +37,5 @@ def test_rehearsal_runs_every_step_and_prints_the_throughput_tables(tmp_path):
     rows = [line for line in tables.splitlines() if line.startswith("| ae95") or line.startswith("| jpeg")]
     assert len(rows) == 6  # ae95 and jpeg both ways at the big batch, ae95 both ways at 1,024
     learned = out[out.index("== learned-run"):].splitlines()
-    assert sum(line.startswith(("| factorized", "| ar ")) for line in learned) == 4
+    assert sum(line.startswith(("| factorized:epochs=1 ", "| ar:epochs=1 ")) for line in learned) == 4
     assert "skipping nvjpeg: not available on cpu" in proc.stderr

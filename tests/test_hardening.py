@@ -167,8 +167,11 @@ def test_full_cache_disk_is_a_stated_fallback(mnist5k, tmp_path, monkeypatch):
 
 def _start(args, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C as a terminal sends it: a shell starts background jobs with SIGINT ignored, and
+    # the child would inherit that when the test suite itself runs in the background.
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, proc, timeout=300):
