@@ -157,14 +157,20 @@ def cost_column(summary: pd.DataFrame, amortize: int | None) -> pd.Series:
 def candidates(summary: pd.DataFrame, metric: str, target: float,
                amortize: int | None = None) -> pd.DataFrame:
     """Every curve's cost at a target quality, cheapest first: lossy curves interpolated on their
-    measured range, lossless codecs at their own size (they reach any target). `setting` is the
-    cheapest measured point of the curve at or above the target: the spec a user would run."""
+    measured range, lossless codecs at their own size (they reach any target). A curve whose
+    cheapest point already exceeds the target reaches it at that point's cost: measured, not
+    extrapolated. `setting` is the cheapest measured point of the curve at or above the target:
+    the spec a user would run."""
     quality = QUALITY[metric]
     s = summary.assign(cost=cost_column(summary, amortize))
     rows = []
     for curve, g in s[~s["lossless"]].groupby("curve", sort=False):
         f = front(g, quality, "cost")
-        cost = cost_at(f, target, quality, "cost")
+        if f.empty:
+            continue
+        lowest = f.iloc[0]
+        cost = (lowest["cost"] if target <= lowest[quality]
+                else cost_at(f, target, quality, "cost"))
         if np.isfinite(cost):
             rows.append({"curve": curve, "cost": cost, "learned": bool(g["learned"].iloc[0]),
                          "setting": f[f[quality] >= target - 1e-12].iloc[0]["codec"]})
@@ -237,7 +243,7 @@ def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
             where = f"at {r['psnr_db']:.2f} dB"
         if not refs:
             out["breakeven_note"] = ("no classical lossless codec in this run" if r["lossless"] else
-                                     f"no classical lossy curve in this run reaches {r['psnr_db']:.2f} dB")
+                                     f"no classical lossy curve in this run spans {r['psnr_db']:.2f} dB")
             rows.append(out)
             continue
         name, ref_bytes, ref_side = min(refs, key=lambda t: t[1])

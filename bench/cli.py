@@ -13,8 +13,7 @@ import numpy as np
 
 from bench.codec import BenchError
 
-DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,"
-                  "jpegls-near:shared_header=1,png,zlib")
+DEFAULT_CODECS = "ae*,pca*,factorized,jpeg,jpeg:shared_header=1,webp,jpegls-near:shared_header=1,png,zlib"
 REPORTS = Path("reports")
 MIN_ROUNDS = 3  # a median needs three
 
@@ -52,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated specs with wildcards (default: {DEFAULT_CODECS})")
     r.add_argument("--sweep", default="auto", help="quality sweeps for rate-distortion curves, "
                    "e.g. 'jpeg:quality=10..95,webp:quality=10/50/90'; 'auto' (default) runs the "
-                   "default sweep of every selected codec that has one (see `bench list`); "
-                   "'none' for none")
+                   "default sweep of every selected codec that has one (see `bench list`), also "
+                   "as one item of a list, e.g. 'auto,factorized:quality=1..8'; 'none' for none")
     r.add_argument("--device", default="auto", help="cpu, cuda or cpu,cuda (default auto: cpu, "
                    "plus cuda when present)")
     r.add_argument("--out", type=Path, default=None,
@@ -170,11 +169,9 @@ def _sweeps(args, specs):
 
     if args.sweep == "none":
         return []
-    if args.sweep == "auto":
-        text = ",".join(dict.fromkeys(filter(None, (_auto_sweep(s) for s in specs))))
-    else:
-        text = args.sweep
-    return default_registry().sweep(text) if text else []
+    auto = ",".join(dict.fromkeys(filter(None, (_auto_sweep(s) for s in specs))))
+    text = ",".join(auto if item.strip() == "auto" else item for item in args.sweep.split(","))
+    return default_registry().sweep(text)
 
 
 def _auto_sweep(spec) -> str:

@@ -195,9 +195,11 @@ def _verdict(r: RunResult, a: Analysis) -> str:
         "For each target quality: the codec that needs the fewest bytes per image to reach it on "
         "this test split, and the runner-up. A lossy codec's bytes are read off its measured "
         "curve (its quality sweep, or a family's sizes), interpolated between measured points "
-        "(PCHIP on log bytes) and never extrapolated beyond them; a lossless codec reaches every "
-        "target at its own size. *Run it as* names the cheapest measured setting that reaches the "
-        "target, with its bytes and quality: the speed columns are that setting's, measured on "
+        "(PCHIP on log bytes) and never extrapolated beyond them; a curve whose cheapest point "
+        "already exceeds the target reaches it at that point's bytes; a lossless codec reaches "
+        "every target at its own size. *Run it as* names the cheapest measured setting that "
+        "reaches the target, with its bytes and quality: the speed columns are that setting's, "
+        "measured on "
         f"{r.meta['devices'][0]}. Curves are keyed by codec and its fixed parameters, so "
         "`jpeg:optimize=1` and `jpeg` compete separately. Also in `verdict.csv`.",
         "",

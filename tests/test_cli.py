@@ -40,7 +40,7 @@ def test_run_writes_tables_with_the_promised_columns(run_dir):
     assert ae["side_info_bytes"] > 0 and ae["curve"] == "ae:epochs=1"
     # A one-epoch ae95 sits below every classical lossy curve: no like-for-like reference.
     assert np.isnan(ae["breakeven_images"])
-    assert ae["breakeven_note"].startswith("no classical lossy curve in this run reaches")
+    assert ae["breakeven_note"].startswith("no classical lossy curve in this run spans")
     jpeg = main_rows.set_index("codec").loc["jpeg"]
     assert 300 < jpeg["header_bytes"] < jpeg["bytes_mean"]
     assert jpeg["content_bytes"] == pytest.approx(jpeg["bytes_mean"] - jpeg["header_bytes"])
@@ -191,3 +191,7 @@ def test_auto_sweep_is_the_default_curve_of_a_name_and_the_own_curve_of_a_spec()
     curves = {s.curve for s in _sweeps(SimpleNamespace(sweep="auto"), specs)}
     assert curves == {"jpeg:optimize=1", "jpeg:shared_header=1", "webp:method=5"}
     assert _sweeps(SimpleNamespace(sweep="none"), specs) == []
+    # auto as one item of a list: the default sweeps plus more points on the same curve.
+    both = _sweeps(SimpleNamespace(sweep="auto, jpeg:optimize=1:quality=2/3"), specs)
+    assert {s.canonical for s in both} >= {"jpeg:optimize=1:quality=2", "jpeg:optimize=1:quality=95"}
+    assert len(both) == len(_sweeps(SimpleNamespace(sweep="auto"), specs)) + 1  # quality=3 twice

@@ -105,6 +105,15 @@ def test_verdict_picks_the_cheapest_curve_and_a_real_setting():
     assert v.loc[50.0, "curve"] == "zlib" and v.loc[50.0, "runner_up_curve"] != v.loc[50.0, "runner_up_curve"]
 
 
+def test_a_curve_whose_cheapest_point_is_above_the_target_answers_with_that_point():
+    v = analysis.verdict(two_curves(), [("psnr", 20.0), ("psnr", 24.0)]).set_index("target")
+    # t starts at 25 dB for 150 B: it meets both targets there, measured, not extrapolated;
+    # a (400 B at 23 dB) is the runner-up at 20 dB and interpolated at 24 dB.
+    assert v.loc[20.0, "curve"] == "t" and v.loc[20.0, "bytes"] == 150.0
+    assert v.loc[20.0, "setting"] == "t:q=0" and v.loc[20.0, "runner_up_bytes"] == 400.0
+    assert v.loc[24.0, "bytes"] == 150.0 and 400.0 < v.loc[24.0, "runner_up_bytes"] < 500.0
+
+
 def test_amortised_verdict_adds_side_information_per_image():
     rows = [(f"l{i}", "l", False, True, b / 4, q, 0.9, 4_000_000) for i, (b, q) in enumerate(TEST)]
     s = pd.concat([two_curves(), summary(rows)])
@@ -126,7 +135,7 @@ def test_breakeven_is_against_the_best_classical_codec_at_the_same_quality():
     s = pd.concat([two_curves(), summary(rows)])
     b = analysis.breakeven(s).set_index("codec")
     assert np.isnan(b.loc["ae-low", "breakeven_images"])
-    assert b.loc["ae-low", "breakeven_note"] == "no classical lossy curve in this run reaches 20.00 dB"
+    assert b.loc["ae-low", "breakeven_note"] == "no classical lossy curve in this run spans 20.00 dB"
     from scipy.interpolate import PchipInterpolator
 
     q, r = np.array(TEST).T[1], np.log(np.array(TEST).T[0])
