@@ -585,7 +585,7 @@ def _figure(*args, figsize=None, **kwargs):
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # legends placed beside the axes included
 
 
 def _plot_per_class(r: RunResult, pc: pd.DataFrame, path: Path) -> None:
@@ -650,19 +650,28 @@ def _plot_compression(fam: pd.DataFrame, path: Path) -> None:
 
 
 def _plot_rd(points: pd.DataFrame, path: Path) -> None:
-    fig, (a, b) = _figure(1, 2, figsize=(12, 4.8))
+    """Learned curves solid, classical dashed; twenty colours, then markers, keep two dozen curves
+    apart. One legend beside both panels, so it never hides a curve."""
+    import matplotlib as mpl
+
+    curves = list(points[~points["lossless"]].groupby("curve", sort=False))
+    lossless = points[points["lossless"]]
+    entries = len(curves) + len(lossless)
+    columns = max(1, -(-entries // 28))
+    fig, (a, b) = _figure(1, 2, figsize=(12, 5.2))
     finite = points["psnr_db"][np.isfinite(points["psnr_db"])]
     top = (finite.max() if len(finite) else 40) + 3
-    lossless = points[points["lossless"]]
-    for curve, g in points[~points["lossless"]].groupby("curve", sort=False):
+    colours = mpl.colormaps["tab20"].colors
+    for i, (curve, g) in enumerate(curves):
         g = g.sort_values("bpp")
-        a.plot(g["bpp"], g["psnr_db"], marker="o", label=curve)
-        b.plot(g["bpp"], g["ssim"], marker="o", label=curve)
-    markers = iter("*PXDs^v<>p")
+        style = {"color": colours[i % len(colours)], "marker": "os^Dv"[i // len(colours) % 5],
+                 "ms": 4, "ls": "-" if bool(g["learned"].iloc[0]) else "--", "label": curve}
+        a.plot(g["bpp"], g["psnr_db"], **style)
+        b.plot(g["bpp"], g["ssim"], **{**style, "label": None})
+    markers = iter("*PXDs^v<>ph")
     for _, row in lossless.iterrows():
-        style = {"marker": next(markers, "*"), "s": 80, "color": "black", "zorder": 3,
-                 "label": f"{row['codec']} (lossless)"}
-        a.scatter(row["bpp"], top, **style)
+        style = {"marker": next(markers, "*"), "s": 80, "color": "black", "zorder": 3}
+        a.scatter(row["bpp"], top, label=f"{row['codec']} (lossless)", **style)
         b.scatter(row["bpp"], row["ssim"], **style)
     if len(lossless):
         a.axhline(top, color="grey", lw=0.5, ls="--")
@@ -675,7 +684,9 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("bits per pixel (log scale)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-    b.legend(fontsize=7, loc="lower right")
+    if entries:
+        fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns,
+                   title="solid: learned, dashed: classical", title_fontsize=7)
     _save(fig, path)
 
 
