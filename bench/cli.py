@@ -165,13 +165,19 @@ def _specs(args):
 
 
 def _sweeps(args, specs):
-    from bench.registry import default_registry
+    from bench.registry import default_registry, with_param
 
-    if args.sweep == "none":
+    items = [item.strip() for item in args.sweep.split(",")]
+    if "none" in items:
+        if items != ["none"]:
+            raise BenchError(f"--sweep 'none' cannot be combined with other items, got {args.sweep!r}")
         return []
     auto = ",".join(dict.fromkeys(filter(None, (_auto_sweep(s) for s in specs))))
-    text = ",".join(auto if item.strip() == "auto" else item for item in args.sweep.split(","))
-    return default_registry().sweep(text)
+    sweeps = default_registry().sweep(",".join(auto if item == "auto" else item for item in items))
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None:  # as for --codecs: every learned codec trains that long
+        sweeps = list({s.canonical: s for s in (with_param(s, "epochs", epochs) for s in sweeps)}.values())
+    return sweeps
 
 
 def _auto_sweep(spec) -> str:

@@ -668,9 +668,9 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
                  "ms": 4, "ls": "-" if bool(g["learned"].iloc[0]) else "--", "label": curve}
         a.plot(g["bpp"], g["psnr_db"], **style)
         b.plot(g["bpp"], g["ssim"], **{**style, "label": None})
-    markers = iter("*PXDs^v<>ph")
-    for _, row in lossless.iterrows():
-        style = {"marker": next(markers, "*"), "s": 80, "color": "black", "zorder": 3}
+    for i, (_, row) in enumerate(lossless.iterrows()):
+        marker, shade = "*PXDs^v<>ph"[i % 11], ("black", "dimgrey", "darkgrey")[i // 11 % 3]
+        style = {"marker": marker, "s": 80, "color": shade, "zorder": 3}
         a.scatter(row["bpp"], top, label=f"{row['codec']} (lossless)", **style)
         b.scatter(row["bpp"], row["ssim"], **style)
     if len(lossless):
@@ -686,7 +686,7 @@ def _plot_rd(points: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     if entries:
         fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns,
-                   title="solid: learned, dashed: classical", title_fontsize=7)
+                   title="solid: learned, dashed: classical" if curves else None, title_fontsize=7)
     _save(fig, path)
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.codec import BenchError
 
 RUN_CODECS = "jpeg,png,zlib,webp,ae95:epochs=1,pca95"
 
@@ -195,3 +196,9 @@ def test_auto_sweep_is_the_default_curve_of_a_name_and_the_own_curve_of_a_spec()
     both = _sweeps(SimpleNamespace(sweep="auto, jpeg:optimize=1:quality=2/3"), specs)
     assert {s.canonical for s in both} >= {"jpeg:optimize=1:quality=2", "jpeg:optimize=1:quality=95"}
     assert len(both) == len(_sweeps(SimpleNamespace(sweep="auto"), specs)) + 1  # quality=3 twice
+    # --epochs reaches explicit sweep items too, and 'none' stands alone.
+    learned = parse_specs("factorized:epochs=1")
+    trained = _sweeps(SimpleNamespace(sweep="auto,factorized:quality=1..8", epochs=1), learned)
+    assert {s.curve for s in trained} == {"factorized:epochs=1"} and len(trained) == 8
+    with pytest.raises(BenchError, match="'none' cannot be combined"):
+        _sweeps(SimpleNamespace(sweep="none,jpeg:quality=1/2"), specs)

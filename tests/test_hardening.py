@@ -99,13 +99,16 @@ def test_decode_survives_hostile_payloads(name, fitted):
     others = [p for other, ps in payloads.items() if other != name for p in ps]
     seen = {"error": 0, "decoded": 0}
 
-    @settings(FUZZ, max_examples=min(FUZZ_EXAMPLES, FUZZ_CAP.get(name, FUZZ_EXAMPLES)))
+    examples = min(FUZZ_EXAMPLES, FUZZ_CAP.get(name, FUZZ_EXAMPLES))
+
+    @settings(FUZZ, max_examples=examples)
     @given(payload=hostile(payloads[name], others))
     def fuzz(payload):
         seen[check_outcome(codec, name, payload)] += 1
 
     fuzz()
-    assert seen["error"] + seen["decoded"] >= min(FUZZ_EXAMPLES, FUZZ_CAP.get(name, 100), 100)
+    # Hypothesis may stop early once it has tried every distinct input it can make.
+    assert seen["error"] + seen["decoded"] >= min(examples, 100)
     print(f"{name}: {seen}")
 
 
