@@ -22,7 +22,7 @@ from bench.timing import cpu_name
 TABLES = ("summary", "per_image", "throughput", "tsne")
 CSV_FLOAT = "%.7g"
 VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
-             "pillow", "torch", "torchvision", "matplotlib")
+             "pillow", "torch", "torchvision", "matplotlib", "constriction", "bjontegaard")
 
 
 def environment() -> dict:
@@ -35,7 +35,8 @@ def environment() -> dict:
     try:
         import imagecodecs
 
-        for lib in ("jpeg8", "png", "webp", "jpegxl", "zlib"):
+        for lib in ("jpeg8", "png", "webp", "jpegxl", "avif", "jpeg2k", "jpegls", "zlib", "zstd",
+                    "brotli"):
             versions[lib] = getattr(imagecodecs, f"{lib}_version")()
     except ImportError:
         pass
