@@ -121,10 +121,13 @@ def cmd_list(args, argv) -> int:
         info = reg.codecs[name]
         params = " ".join(f"{p.name}={_show(p.default)}" for p in info.params if p.name != "latent")
         rows.append((name, "lossless" if info.lossless else "lossy", ",".join(info.devices),
-                     params, info.description + ("" if info.origin == "built-in" else f" [{info.origin}]")))
+                     params, info.description + ("" if info.origin == "built-in" else f" [{info.origin}]"),
+                     info.sweep))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+        if row[5]:
+            print(" " * (widths[0] + 2) + f"default sweep (--sweep auto): {row[5]}")
     for problem in reg.problems.values():
         _log(f"warning: {problem}")
     return 0

@@ -159,6 +159,12 @@ def test_list_prints_every_codec_with_kind():
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert "lossless" in lines["png"] and "lossy" in lines["jpeg"]
     assert "quality=75" in lines["jpeg"] and "cuda" in lines["ae95"]
+    # The default sweep of --sweep auto on the line after its codec; none for codecs without one.
+    out = proc.stdout.splitlines()
+    after = {out[i].split()[0]: out[i + 1].strip() for i in range(len(out) - 1)}
+    assert after["factorized"] == "default sweep (--sweep auto): quality=2/4/6/8"
+    assert after["jpeg"].endswith("optimize=1:quality=1/3/5/8/12/18/25/35/50/65/80/90/95")
+    assert not after["png"].startswith("default sweep")
 
 
 def test_train_then_run_reuses_the_model(tmp_path):
