@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ def images_fingerprint(images: np.ndarray) -> str:
     h = hashlib.sha256(repr(images.shape).encode())
     h.update(np.ascontiguousarray(images).tobytes())
     return h.hexdigest()[:16]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """PyTorch's CPU thread count set to n inside, the caller's restored after; None: unchanged."""
+    old = torch.get_num_threads()
+    if n and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 class LearnedCodec(Codec):
@@ -138,13 +152,8 @@ class LearnedCodec(Codec):
         return self
 
     def _train(self, data: TrainingData) -> list[float]:
-        before = torch.get_num_threads()
-        if self.train_threads:
-            torch.set_num_threads(self.train_threads)
-        try:
+        with torch_threads(self.train_threads):
             return self.train_model(self.model, data)
-        finally:
-            torch.set_num_threads(before)
 
     def _load(self, path: Path, key: str, shape, log) -> nn.Module | None:
         try:

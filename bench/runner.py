@@ -118,11 +118,9 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
     """Runs in the main process or a worker; a failure is returned, never raised."""
     start = time.perf_counter()
     try:
-        codec = job.spec.build(job.device)
-        if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
-            sys.modules["torch"].set_num_threads(inputs.threads)
-        codec.fit(TrainingData(inputs.train, inputs.validation, inputs.cache_dir,
-                               inputs.train_device, inputs.progress, inputs.log))
+        codec = _fitted(job.spec, job.device, inputs.threads, TrainingData(
+            inputs.train, inputs.validation, inputs.cache_dir, inputs.train_device,
+            inputs.progress, inputs.log))
         payloads = codec.encode(inputs.test)
         decoded = codec.decode(payloads)
         frame = metrics.per_image(inputs.test, decoded, payloads.sizes, codec.model_bits(inputs.test))
@@ -157,8 +155,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     inputs = JobInputs(dataset.train.images, dataset.validation.images, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
                        progress and not backend.parallel, _log if backend.parallel else log)
-    jobs = [QualityJob(s, role, devices_for(s, devices)[0],
-                       role == "main")
+    jobs = [QualityJob(s, role, devices_for(s, devices)[0], role == "main")
             for role, group in (("main", specs), ("sweep", sweeps)) for s in group]
     bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=None if progress else True)
 
@@ -231,12 +228,18 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
 
 
+def _fitted(spec: Spec, device: str, threads: int, training: TrainingData) -> Codec:
+    """The codec built and fitted with the run's PyTorch thread count, the same in every job and
+    measurement (float results depend on it)."""
+    codec = spec.build(device)
+    if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
+        sys.modules["torch"].set_num_threads(threads)
+    return codec.fit(training)
+
+
 def _time(spec: Spec, device: str, training: TrainingData, threads: int, batch: np.ndarray,
           rounds: int, warmup: int) -> list[dict]:
-    codec = spec.build(device)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    return _throughput(codec.fit(training), spec, device, batch, rounds, warmup)
+    return _throughput(_fitted(spec, device, threads, training), spec, device, batch, rounds, warmup)
 
 
 def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,

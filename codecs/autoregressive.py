@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
-from bench.learned import LearnedCodec
+from bench.learned import LearnedCodec, torch_threads
 from bench_codecs.host import host_tensor
 
 ARCH_VERSION = 1
@@ -110,18 +110,6 @@ def quantiser(levels: int) -> tuple[np.ndarray, np.ndarray]:
     q = (2 * v * (levels - 1) + 255) // 510
     k = np.arange(levels)
     return q, ((2 * k * 255 + levels - 1) // (2 * (levels - 1))).astype(np.uint8)
-
-
-@contextmanager
-def torch_threads(n: int):
-    old = torch.get_num_threads()
-    if n != old:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 def padded(images: torch.Tensor) -> torch.Tensor:
@@ -526,6 +514,7 @@ class ARCodec(LearnedCodec):
     code_modules = (__name__,)
     lossless = True
     allow_bf16 = False  # the coding needs the exact integer network
+    train_threads = TRAIN_THREADS
     precision = "integer (int8 weights, uint8 activations; exact)"
     trained_levels: tuple[int, ...] = (256,)
 
@@ -546,10 +535,6 @@ class ARCodec(LearnedCodec):
         return {"arch": ARCH_VERSION, "recipe": RECIPE, "width": self.width,
                 "levels": list(self.trained_levels), "context": [ROWS, HALF]}
 
-    def cache_key(self, data: TrainingData) -> str:
-        with torch_threads(TRAIN_THREADS):  # the thread count training really uses
-            return super().cache_key(data)
-
     def build_model(self, shape) -> ARNet:
         if tuple(shape) != (H, W):
             raise CodecError(f"{self.name} models {H}x{W} images (its position biases); "
@@ -557,8 +542,7 @@ class ARCodec(LearnedCodec):
         return ARNet(self.width, self.trained_levels)
 
     def train_model(self, model: ARNet, data: TrainingData) -> list[float]:
-        with torch_threads(TRAIN_THREADS):
-            return train_arnet(model, data.train, self.epochs, self.seed, data.progress)
+        return train_arnet(model, data.train, self.epochs, self.seed, data.progress)
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.require_model()]  # exported to the integer network that is sent

@@ -56,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
-from bench.learned import LearnedCodec
+from bench.learned import LearnedCodec, torch_threads
 from bench_codecs.host import host_tensor
 
 # quality -> λ (distortion weight). 1: 9 B per digit at 18.5 dB, 8: 237 B at 41.3 dB (mnist-5k).
@@ -543,19 +543,13 @@ class FactorizedCodec(LearnedCodec):
         out = torch.empty((len(x), *out_shape))
         buf = torch.zeros((chunk, *x.shape[1:]), device=self.device).contiguous(
             memory_format=torch.channels_last)
-        before = torch.get_num_threads()
-        if device == "cpu" and CPU_INFERENCE_THREADS:
-            torch.set_num_threads(CPU_INFERENCE_THREADS)
-        try:
-            with torch.inference_mode():
-                for s in range(0, len(x), chunk):
-                    part = x[s : s + chunk]
-                    buf[: len(part)].copy_(part, non_blocking=True)
-                    if len(part) < chunk:
-                        buf[len(part) :].zero_()
-                    out[s : s + len(part)] = fn(buf)[: len(part)].float().cpu()
-        finally:
-            torch.set_num_threads(before)
+        with torch_threads(CPU_INFERENCE_THREADS if device == "cpu" else None), torch.inference_mode():
+            for s in range(0, len(x), chunk):
+                part = x[s : s + chunk]
+                buf[: len(part)].copy_(part, non_blocking=True)
+                if len(part) < chunk:
+                    buf[len(part) :].zero_()
+                out[s : s + len(part)] = fn(buf)[: len(part)].float().cpu()
         return out
 
     def latents(self, images: np.ndarray) -> np.ndarray:
