@@ -36,7 +36,7 @@ bench-compare: $(VENV)/.installed-test
 		--benchmark-compare --benchmark-compare-fail=median:25% $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check bench codecs tests
+	$(PY) -m ruff check bench bench_codecs tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis .ruff_cache *.egg-info

@@ -217,7 +217,7 @@ def _numbers(option: str, text: str, low: float, high: float) -> tuple[float, ..
 
 def _verdict_options(args):
     from bench.analysis import BD_METHODS
-    from bench.runner import VerdictOptions
+    from bench.results import VerdictOptions
 
     try:
         amortize = int(args.amortize)

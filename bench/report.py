@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench import analysis, metrics
-from bench.results import write_csv_atomic, write_text_atomic
-from bench.runner import RunResult, VerdictOptions
+from bench.results import RunResult, VerdictOptions, write_csv_atomic, write_text_atomic
 
 LATENT_FAMILIES = ("ae", "pca")
 

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -16,8 +17,32 @@ import pandas as pd
 
 from bench.cache import atomic_write, usual_mode
 from bench.codec import BenchError
-from bench.runner import RunResult
 from bench.timing import cpu_name
+
+
+@dataclass
+class RunResult:
+    meta: dict
+    summary: pd.DataFrame  # one row per codec
+    per_image: pd.DataFrame  # one row per codec and test image
+    throughput: pd.DataFrame  # one row per codec, device and direction
+    tsne: pd.DataFrame = field(default_factory=pd.DataFrame)  # 2-D points, see analysis.tsne
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # "original" and codec -> (C, H, W)
+
+
+@dataclass(frozen=True)
+class VerdictOptions:
+    """The qualities the verdict answers for, and N for the at-scale table."""
+
+    psnr_targets: tuple[float, ...] = (20.0, 25.0, 30.0, 35.0, 40.0)
+    ssim_targets: tuple[float, ...] = (0.90, 0.95, 0.99)
+    amortize: int = 1_000_000
+    bd_method: str = "pchip"
+
+    @property
+    def targets(self) -> list[tuple[str, float]]:
+        return [("psnr", t) for t in self.psnr_targets] + [("ssim", t) for t in self.ssim_targets]
+
 
 TABLES = ("summary", "per_image", "throughput", "tsne")
 CSV_FLOAT = "%.7g"

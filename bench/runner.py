@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +17,11 @@ from bench.codec import Codec, CodecError, TrainingData
 from bench.data import Dataset
 from bench.executor import Backend, execute
 from bench.registry import Spec
+from bench.results import RunResult, VerdictOptions
 from bench.timing import device_name, measure
 
 SAMPLE_SEED = 0
 SERIAL = Backend()
-
-
-@dataclass
-class RunResult:
-    meta: dict
-    summary: pd.DataFrame  # one row per codec
-    per_image: pd.DataFrame  # one row per codec and test image
-    throughput: pd.DataFrame  # one row per codec, device and direction
-    tsne: pd.DataFrame = field(default_factory=pd.DataFrame)  # 2-D points, see analysis.tsne
-    samples: dict[str, np.ndarray] = field(default_factory=dict)  # "original" and codec -> (C, H, W)
 
 
 def _log(msg: str) -> None:
@@ -65,20 +56,6 @@ def throughput_batch(images: np.ndarray, batch: int | None) -> np.ndarray:
         return images
     reps = -(-batch // len(images))
     return np.concatenate([images] * reps)[:batch]
-
-
-@dataclass(frozen=True)
-class VerdictOptions:
-    """The qualities the verdict answers for, and N for the at-scale table."""
-
-    psnr_targets: tuple[float, ...] = (20.0, 25.0, 30.0, 35.0, 40.0)
-    ssim_targets: tuple[float, ...] = (0.90, 0.95, 0.99)
-    amortize: int = 1_000_000
-    bd_method: str = "pchip"
-
-    @property
-    def targets(self) -> list[tuple[str, float]]:
-        return [("psnr", t) for t in self.psnr_targets] + [("ssim", t) for t in self.ssim_targets]
 
 
 @dataclass(frozen=True)
@@ -138,7 +115,7 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
 
 def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
         rounds: int = 5, warmup: int = 1, batch: int | None = None, cache_dir: Path | None = None,
-        train_device: str | None = None, verdict: VerdictOptions = VerdictOptions(),
+        train_device: str | None = None, verdict: VerdictOptions | None = None,
         backend: Backend = SERIAL, threads: int | None = None,
         tsne_families: tuple[str, ...] = ("ae",), progress: bool = True,
         log: Callable[[str], None] = _log) -> RunResult:
@@ -149,6 +126,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
 
     from bench.analysis import verdict_settings
 
+    verdict = verdict or VerdictOptions()
     test = dataset.test
     specs = runnable(specs, devices, log)
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]

@@ -26,7 +26,7 @@ export BENCH_CACHE_DIR=${BENCH_CACHE_DIR:-$out/cache}
 # Built from a copy, so that no build files land in the checkout and none from earlier builds
 # land in the package.
 mkdir "$tmp/src"
-cp -r pyproject.toml README.md bench codecs "$tmp/src/"
+cp -r pyproject.toml README.md bench bench_codecs "$tmp/src/"
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-index --no-build-isolation \
     --target "$tmp/site" "$tmp/src"
 export PYTHONPATH="$tmp/site${PYTHONPATH:+:$PYTHONPATH}"

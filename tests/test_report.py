@@ -192,7 +192,7 @@ def test_tsne_embeds_all_codecs_jointly_around_shared_originals():
 
 def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
     from bench.report import PUBLISHED_LOSSLESS_MNIST, _lossless
-    from bench.runner import RunResult
+    from bench.results import RunResult
 
     s = pd.DataFrame({"codec": ["zlib", "ar", "jpeg"], "lossless": [True, True, False],
                       "bpp": [1.97, 1.17, 5.7], "bytes_mean": [193.0, 115.0, 560.0],
