@@ -1,14 +1,18 @@
-"""The analyses the report shows: dominance, BD-rate, per-class extremes, t-SNE."""
+"""The analyses the report shows: a run's tables per class and per curve, dominance, BD-rate,
+the verdict, per-class extremes, t-SNE."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench import metrics
 from bench.cache import atomic_write, default_cache_dir
+from bench.results import RunResult, VerdictOptions
 
 TSNE_POINTS = 1000  # originals plus reconstructions in the one embedding
 TSNE_RECIPE = {"pca_dims": 50, "max_iter": 500, "perplexity": 30.0}
@@ -294,3 +298,61 @@ def tsne_points(originals: np.ndarray, labels: np.ndarray, decoded: dict[str, np
         "index": np.tile(pick, len(groups)), "label": np.tile(labels[pick], len(groups)),
         "x": xy[:, 0], "y": xy[:, 1],
     })
+
+
+# --- a run's results, read for the report ------------------------------------------------------
+
+def main_rows(result: RunResult) -> pd.DataFrame:
+    """The summary's selected codecs, without the points of their quality sweeps."""
+    return result.summary[result.summary["role"] == "main"]
+
+
+def per_class(result: RunResult) -> pd.DataFrame:
+    rows = result.per_image[result.per_image["role"] == "main"]
+    out = metrics.aggregate(rows, ["codec", "label"])
+    classes = result.meta["classes"]
+    out["class"] = [classes[int(i)] for i in out["label"]]
+    return out
+
+
+def lossy_per_class(result: RunResult, per_class: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `per_class` of lossy codecs: a lossless one has no error in any class."""
+    main = main_rows(result)
+    return per_class[per_class["codec"].isin(main.loc[~main["lossless"], "codec"])]
+
+
+def by_class(per_class: pd.DataFrame, metric: str, classes: list[str]) -> pd.DataFrame:
+    """Codecs x classes of one metric, classes in the dataset's order."""
+    wide = per_class.pivot_table(index="codec", columns="class", values=metric, sort=False)
+    return wide.reindex(columns=[c for c in classes if c in wide.columns])
+
+
+def curves(result: RunResult) -> pd.DataFrame:
+    """Every point (main and sweep) with its curve, sorted by rate within each curve."""
+    return result.summary.sort_values(["curve", "bpp"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The tables derived from a run's summary, computed once per rendering."""
+
+    points: pd.DataFrame  # every point, sorted by curve and rate
+    dominated: pd.Series
+    bd: pd.DataFrame
+    verdict: pd.DataFrame  # per file
+    verdict_at_scale: pd.DataFrame  # side information spread over `amortize` images
+    amortize: int
+    bd_method: str
+
+
+def analyse(result: RunResult) -> Analysis:
+    options = result.meta.get("verdict", {})
+    defaults = VerdictOptions()
+    v = VerdictOptions(tuple(options.get("psnr_targets", defaults.psnr_targets)),
+                       tuple(options.get("ssim_targets", defaults.ssim_targets)),
+                       int(options.get("amortize", defaults.amortize)),
+                       options.get("bd_method", defaults.bd_method))
+    points = curves(result)
+    return Analysis(points, dominated_by(points), bd_table(points, v.bd_method),
+                    verdict(points, v.targets), verdict(points, v.targets, v.amortize),
+                    v.amortize, v.bd_method)

@@ -1,10 +1,12 @@
-"""Where cached artefacts live, and atomic writes: a reader never sees half a file."""
+"""Where cached artefacts live, atomic writes (a reader never sees half a file) and the digest
+that a cached artefact is checked against before it is used."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -42,3 +44,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def digest(parts: Iterable[bytes]) -> str:
+    """sha256 of the concatenated parts, hex: stored beside a cached artefact, checked on load."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()

@@ -326,11 +326,9 @@ def cmd_train(args, argv) -> int:
         raise BenchError(f"none of {', '.join(s.canonical for s in specs)} is trained; train takes "
                          "the specs of learned codecs, such as ae95 or 'ae*'")
     dataset = load_dataset(args.dataset, args.data_dir)
+    # The same thread count as `run` uses, so that `run` finds these models.
     data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir,
-                        devices[0], log=_log)
-    import torch  # the same thread count as `run` uses, so that `run` finds these models
-
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+                        devices[0], log=_log, threads=args.threads or os.cpu_count() or 1)
     for spec in trainable:
         codec = spec.build(devices[0])
         start = time.perf_counter()
@@ -339,8 +337,11 @@ def cmd_train(args, argv) -> int:
         test = dataset.validation.images
         psnr = float(psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean()))
         how = f"trained in {took:.1f} s" if codec.trained_now else "cached"
-        print(f"{spec.canonical}: {how}, final training loss {codec.losses[-1]:.5f}, "
-              f"validation PSNR {psnr:.2f} dB -> {codec.checkpoint}")
+        history = codec.history
+        loss = f"final loss {history.train[-1]:.5f} (training)"
+        if history.validation:
+            loss += f", {history.validation[-1]:.5f} (validation)"
+        print(f"{spec.canonical}: {how}, {loss}, validation PSNR {psnr:.2f} dB -> {codec.checkpoint}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,18 @@ def fixed_rate_rows(payloads: Payloads | Sequence[bytes], k: int, codec: str) ->
     return payloads.as_array()
 
 
+def decode_checked(codec: Codec, payloads: Payloads | Sequence[bytes],
+                   shape: tuple[int, ...]) -> np.ndarray:
+    """codec.decode, held to the batch shape (N, H, W) and dtype uint8 the caller expects: any
+    other result is a PayloadError, never a silently different image."""
+    decoded = codec.decode(payloads)
+    if not isinstance(decoded, np.ndarray) or decoded.dtype != np.uint8 or decoded.shape != tuple(shape):
+        got = (f"{decoded.dtype} {decoded.shape}" if isinstance(decoded, np.ndarray)
+               else type(decoded).__name__)
+        raise PayloadError(f"{codec.name}: decoded to {got}, expected uint8 {tuple(shape)}")
+    return decoded
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """What `Codec.fit` gets: the training split to fit on, and a validation subset held out of
@@ -138,6 +151,7 @@ class TrainingData:
     train_device: str = "cpu"  # where a model that is not cached yet is trained
     progress: bool = True  # show training progress bars
     log: Callable[[str], None] = field(default=_stderr, compare=False)  # one-line notices
+    threads: int | None = None  # the run's PyTorch CPU threads (None: PyTorch's current count)
 
 
 class Codec:
@@ -149,14 +163,17 @@ class Codec:
     needs besides the payloads and shares across images is `side_info_bytes`, never hidden.
     """
 
-    name: str = ""  # canonical spec string, set by the registry, e.g. "jpeg:quality=50"
+    # Set by the registry from the codec's entry (CodecInfo), the one place these facts are
+    # stated; a plugin's entry is read from these class attributes.
+    name: str = ""  # canonical spec string, e.g. "jpeg:quality=50"
     lossless: bool = False
     learned: bool = False  # fitted on training images (its side information is what it learned)
+    devices: tuple[str, ...] = ("cpu",)  # where it runs; when more than ("cpu",), the registry
+    # constructs it with a `device=` keyword argument naming one of them
     description: str = ""  # one line for `bench list`
     params: tuple[Param, ...] = ()  # spec parameters, parsed and validated by the registry
     rate_param: str = ""  # the parameter that moves along its rate–distortion curve, e.g. quality
     sweep: str = ""  # its default sweep for `--sweep auto`, e.g. "quality=10..95"
-    devices: tuple[str, ...] = ("cpu",)  # the devices it runs on; others get a `device=` kwarg
     library: str = ""  # what does the work, for the throughput table
     precision: str = "–"  # the arithmetic, for the throughput table ("–": integer libraries)
 
@@ -185,6 +202,36 @@ class Codec:
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """What `bench list` shows and how to build the codec; `factory` imports on first use."""
+
+    name: str
+    factory: str | Callable[..., Codec]  # "module:attribute" for lazy built-ins
+    lossless: bool
+    description: str
+    params: tuple[Param, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    origin: str = "built-in"
+    family: str = field(default="", compare=False)  # names shared by one curve, e.g. "ae", "pca"
+    rate_param: str = ""  # the parameter that moves along the family's rate–distortion curve
+    learned: bool = False  # fitted on the training split
+    sweep: str = ""  # the default sweep of `--sweep auto`, e.g. "quality=10..95"
+
+    def load(self) -> Callable[..., Codec]:
+        if callable(self.factory):
+            return self.factory
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def param(self, key: str) -> Param:
+        for p in self.params:
+            if p.name == key:
+                return p
+        valid = ", ".join(p.name for p in self.params) or "none"
+        raise ParameterError(f"{self.name}: unknown parameter {key!r}; valid parameters: {valid}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What every learned codec on PyTorch shares: fitting on the training split with its choices made
-on the validation split, a model cache keyed by everything that changes the weights, device
-placement and the bf16 decision. A learned family is a model plus its coding: it subclasses
-`LearnedCodec` and fills in the hooks marked below.
+on the validation split, the one training loop, the one thread policy, a model cache keyed by
+everything that changes the weights and verified by a digest of its tensors, device placement and
+the bf16 decision. A learned family is a model plus its coding: it subclasses `LearnedCodec` and
+fills in the hooks marked below (docs/writing-a-learned-codec.md lists them).
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.cache import atomic_write, default_cache_dir
+from bench.cache import atomic_write, default_cache_dir, digest
 from bench.codec import Codec, CodecError, TrainingData, check_images
 
-CACHE_FORMAT = 2  # the checkpoint layout; bump when it changes
+CACHE_FORMAT = 3  # the checkpoint layout; bump when it changes
 BF16_MAX_PSNR_DELTA_DB = 0.05  # bf16 inference is used only when it moves PSNR by at most this
 
 
@@ -40,9 +43,30 @@ def images_fingerprint(images: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of every tensor's name, dtype, shape and bytes: a checkpoint carries it, and a
+    model is used only when its tensors still match it."""
+
+    def parts():
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous()
+            yield f"{name} {t.dtype} {tuple(t.shape)}".encode()
+            yield t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return digest(parts())
+
+
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A numpy array as a CPU tensor, sharing memory when it can; a read-only array (payloads from
+    bytes) is copied once."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """PyTorch's CPU thread count set to n inside, the caller's restored after; None: unchanged."""
+    """PyTorch's CPU thread count set to n inside, the caller's restored after; None: unchanged.
+    The only place that sets it: float results (hence weights and pixels) depend on it, so every
+    caller says which count it runs with."""
     old = torch.get_num_threads()
     if n and n != old:
         torch.set_num_threads(n)
@@ -53,6 +77,66 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
+# -- the one training loop ------------------------------------------------------------------------
+
+@dataclass
+class History:
+    """The loss per epoch: mean over the epoch's training steps, and on the validation split
+    (deterministic: no noise, no dropout) when the family measures it."""
+
+    train: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+
+
+def train_loop(model: nn.Module, *, loss: Callable[[torch.Tensor], torch.Tensor], items: int,
+               batch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer,
+               scheduler=None, clip: float | None = None, drop_last: bool = False,
+               before_epoch: Callable[[int, torch.Generator], int] | None = None,
+               validate: Callable[[], float] | None = None, desc: str = "train",
+               progress: bool = True) -> History:
+    """Seeded minibatch training in place, on the model's device; on the CPU the same call gives
+    the same weights. Each epoch draws a permutation of the `items` (images, pixels ...) from one
+    generator seeded with `seed`; `loss(indices)` is the batch's loss. `before_epoch(epoch, gen)`
+    may draw from the same generator first (per-epoch data) and returns the epoch's item count.
+    `scheduler` (a torch LR scheduler) steps after every optimiser step; `validate()` runs in
+    eval mode without gradients after every epoch."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    history = History()
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if progress else True, leave=False)
+    model.train()
+    for epoch in bar:
+        n = before_epoch(epoch, gen) if before_epoch else items
+        order = torch.randperm(n, generator=gen).to(device)
+        steps = max(n // batch if drop_last else math.ceil(n / batch), 1)
+        total = 0.0
+        for i in range(steps):
+            value = loss(order[i * batch : (i + 1) * batch])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += value.item()
+        history.train.append(total / steps)
+        postfix = {"loss": f"{history.train[-1]:.4f}"}
+        if validate is not None:
+            model.eval()
+            with torch.no_grad():
+                history.validation.append(float(validate()))
+            model.train()
+            postfix["validation"] = f"{history.validation[-1]:.4f}"
+        bar.set_postfix(postfix)
+    model.eval()
+    return history
+
+
+# -- the learned-codec base -----------------------------------------------------------------------
+
 class LearnedCodec(Codec):
     """A codec whose model is trained on the training split and cached.
 
@@ -62,14 +146,13 @@ class LearnedCodec(Codec):
     (tables, faster layer forms) after a model is trained or loaded.
     """
 
-    learned = True
-    devices = ("cpu", "cuda")
     family = ""
     code_modules: tuple[str, ...] = ()
     allow_bf16 = True  # False where the coding needs exact float32 outputs
-    # PyTorch threads that training runs with, part of the recipe (the caller's setting is
-    # restored afterwards); None: the caller's. Float sums, hence weights, depend on it.
+    # PyTorch CPU threads, part of the recipe: training's are in the cache key (float sums, hence
+    # weights, depend on them). None: the run's count (--threads).
     train_threads: int | None = None
+    inference_threads: int | None = None
 
     def __init__(self, epochs: int, seed: int = 0, device: str = "cpu"):
         self.epochs, self.seed, self.device = epochs, seed, device
@@ -77,8 +160,9 @@ class LearnedCodec(Codec):
         self.autocast = False  # bf16 autocast, decided by calibrate_bf16 (CUDA)
         self.bf16_psnr_delta: float | None = None
         self.trained_now = False
-        self.losses: list[float] = []
+        self.history = History()
         self.checkpoint: Path | None = None
+        self.run_threads: int | None = None  # the run's thread count, from fit
         self.library = f"torch {torch.__version__}"
 
     # -- hooks -------------------------------------------------------------------------------
@@ -90,8 +174,8 @@ class LearnedCodec(Codec):
     def build_model(self, shape: tuple[int, int]) -> nn.Module:
         raise NotImplementedError
 
-    def train_model(self, model: nn.Module, data: TrainingData) -> list[float]:
-        """Train `model` (already on `data.train_device`) in place; return the loss per epoch."""
+    def train_model(self, model: nn.Module, data: TrainingData) -> History:
+        """Train `model` (already on `data.train_device`) in place, usually through `train_loop`."""
         raise NotImplementedError
 
     def decoder_modules(self) -> list[nn.Module]:
@@ -110,10 +194,23 @@ class LearnedCodec(Codec):
         if self.allow_bf16 and self.device.startswith("cuda"):
             self.calibrate_bf16(data.validation if len(data.validation) else data.train[:1000])
 
+    # -- threads -----------------------------------------------------------------------------
+
+    def threads(self, training: bool = False) -> int | None:
+        fixed = self.train_threads if training else self.inference_threads
+        return fixed or self.run_threads
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Where encode and decode run their networks: no autograd, the inference thread count."""
+        with torch.inference_mode(), torch_threads(self.threads()):
+            yield
+
     # -- fitting and the cache ---------------------------------------------------------------
 
     def cache_key(self, data: TrainingData) -> str:
         """Covers every input that changes the weights."""
+        self.run_threads = data.threads
         parts = {
             "format": CACHE_FORMAT,
             "codec": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -125,7 +222,7 @@ class LearnedCodec(Codec):
             "code": source_fingerprint((*self.code_modules, __name__)),
             "torch": torch.__version__,
             "train_device": torch.device(data.train_device).type,
-            "threads": self.train_threads or torch.get_num_threads(),
+            "threads": self.threads(training=True) or torch.get_num_threads(),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -141,8 +238,11 @@ class LearnedCodec(Codec):
         if self.model is None:
             torch.manual_seed(self.seed)
             self.model = self.build_model(shape).to(data.train_device)
-            self.losses = self._train(data)
-            state = {"key": key, "model": self.model.state_dict(), "losses": self.losses}
+            with torch_threads(self.threads(training=True)):
+                self.history = self.train_model(self.model, data)
+            weights = self.model.state_dict()
+            state = {"key": key, "model": weights, "digest": tensors_digest(weights),
+                     "history": asdict(self.history)}
             try:
                 atomic_write(path, lambda f: torch.save(state, f))
             except OSError as exc:
@@ -151,18 +251,16 @@ class LearnedCodec(Codec):
         self.prepare(data)
         return self
 
-    def _train(self, data: TrainingData) -> list[float]:
-        with torch_threads(self.train_threads):
-            return self.train_model(self.model, data)
-
     def _load(self, path: Path, key: str, shape, log) -> nn.Module | None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("key") != key:
                 raise ValueError("its key does not match its file name")
+            if state.get("digest") != tensors_digest(state["model"]):
+                raise ValueError("its tensors do not match their digest: the file was damaged")
             model = self.build_model(shape)
             model.load_state_dict(state["model"])
-            self.losses = list(state["losses"])
+            self.history = History(**state["history"])
         except Exception as exc:  # any unreadable file is retrained, never trusted
             log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
             return None
@@ -175,10 +273,13 @@ class LearnedCodec(Codec):
 
     @property
     def side_info_bytes(self) -> int:
-        """The decoder's float weights as float32."""
+        """What a decoder needs besides the payloads: every tensor of the `decoder_modules`
+        (parameters and buffers, integer tables included) at its stored size; BatchNorm's
+        training counter excepted. A codec that sends another form (compacted tables, an
+        exported network) overrides this."""
         self.require_model()
-        tensors = [t for m in self.decoder_modules() for t in m.state_dict().values()]
-        return 4 * sum(t.numel() for t in tensors if t.is_floating_point())
+        return sum(t.numel() * t.element_size() for m in self.decoder_modules()
+                   for name, t in m.state_dict().items() if not name.endswith("num_batches_tracked"))
 
     # -- precision ---------------------------------------------------------------------------
 

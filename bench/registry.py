@@ -4,49 +4,18 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 
-from bench.codec import Codec, CodecError, Param, ParameterError, UnknownCodecError
+from bench.codec import Codec, CodecError, CodecInfo, ParameterError, UnknownCodecError
 
 ENTRY_POINT_GROUP = "bench.codecs"
-
-
-@dataclass(frozen=True)
-class CodecInfo:
-    """What `bench list` shows and how to build the codec; `factory` imports on first use."""
-
-    name: str
-    factory: str | Callable[..., Codec]  # "module:attribute" for lazy built-ins
-    lossless: bool
-    description: str
-    params: tuple[Param, ...] = ()
-    devices: tuple[str, ...] = ("cpu",)
-    origin: str = "built-in"
-    family: str = field(default="", compare=False)  # names shared by one curve, e.g. "ae", "pca"
-    rate_param: str = ""  # the parameter that moves along the family's rate–distortion curve
-    learned: bool = False  # fitted on the training split
-    sweep: str = ""  # the default sweep of `--sweep auto`, e.g. "quality=10..95"
-
-    def load(self) -> Callable[..., Codec]:
-        if callable(self.factory):
-            return self.factory
-        module, _, attr = self.factory.partition(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def param(self, key: str) -> Param:
-        for p in self.params:
-            if p.name == key:
-                return p
-        valid = ", ".join(p.name for p in self.params) or "none"
-        raise ParameterError(f"{self.name}: unknown parameter {key!r}; valid parameters: {valid}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +53,9 @@ class Spec:
         if self.info.devices != ("cpu",):
             kwargs["device"] = device
         codec = self.info.load()(**kwargs)
-        codec.name = self.canonical
+        # The registry's facts are the codec's: one source, whatever the class says.
+        codec.name, codec.lossless, codec.learned = self.canonical, self.info.lossless, self.info.learned
+        codec.devices = self.info.devices
         return codec
 
 

@@ -1,18 +1,20 @@
-"""report.md and its PNG plots, rendered from saved results only (never re-encodes)."""
+"""report.md, rendered from saved results only (never re-encodes): the Markdown text, which links
+the figures plots.py draws."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench import analysis, metrics
-from bench.results import RunResult, VerdictOptions, write_csv_atomic, write_text_atomic
+from bench import analysis, metrics, plots
+from bench.analysis import Analysis
+from bench.literature import PUBLISHED_LOSSLESS_MNIST
+from bench.results import RunResult, write_csv_atomic, write_text_atomic
 
-LATENT_FAMILIES = ("ae", "pca")
+PLOTS = "plots"  # the figures' folder beside report.md, which links them by this relative path
 
 
 def num(x, fmt: str = "{:.2f}") -> str:
@@ -27,66 +29,21 @@ def table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
-def per_class(result: RunResult) -> pd.DataFrame:
-    rows = result.per_image[result.per_image["role"] == "main"]
-    out = metrics.aggregate(rows, ["codec", "label"])
-    classes = result.meta["classes"]
-    out["class"] = [classes[int(i)] for i in out["label"]]
-    return out
-
-
-def curves(result: RunResult) -> pd.DataFrame:
-    """Every point (main and sweep) with its curve, sorted by rate within each curve."""
-    return result.summary.sort_values(["curve", "bpp"], kind="stable").reset_index(drop=True)
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """The tables derived from a run's summary, computed once per rendering."""
-
-    points: pd.DataFrame  # every point, sorted by curve and rate
-    dominated: pd.Series
-    bd: pd.DataFrame
-    verdict: pd.DataFrame  # per file
-    verdict_at_scale: pd.DataFrame  # side information spread over `amortize` images
-    amortize: int
-    bd_method: str
-
-
-def analyse(result: RunResult) -> Analysis:
-    options = result.meta.get("verdict", {})
-    defaults = VerdictOptions()
-    v = VerdictOptions(tuple(options.get("psnr_targets", defaults.psnr_targets)),
-                       tuple(options.get("ssim_targets", defaults.ssim_targets)),
-                       int(options.get("amortize", defaults.amortize)),
-                       options.get("bd_method", defaults.bd_method))
-    points = curves(result)
-    return Analysis(points, analysis.dominated_by(points), analysis.bd_table(points, v.bd_method),
-                    analysis.verdict(points, v.targets), analysis.verdict(points, v.targets, v.amortize),
-                    v.amortize, v.bd_method)
-
-
 def render(result: RunResult, out_dir: Path) -> Path:
     """report.md, plots/*.png, and the derived tables bd_rate.csv and verdict.csv."""
-    import matplotlib
-
     out_dir = Path(out_dir)
-    plots = out_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    pc = per_class(result)
-    a = analyse(result)
+    pc = analysis.per_class(result)
+    a = analysis.analyse(result)
     write_csv_atomic(out_dir / "bd_rate.csv", a.bd)
     write_csv_atomic(out_dir / "verdict.csv", pd.concat([a.verdict, a.verdict_at_scale]))
-    # Ten distinct hues, then their light shades: a run often has more than ten series.
-    colors = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]]
-    with matplotlib.rc_context({"axes.prop_cycle": matplotlib.cycler(color=colors)}):
-        text = _markdown(result, a, pc, plots)
+    # Every figure first: the text only links the ones that exist.
+    figures = plots.draw_all(result, a, pc, out_dir / PLOTS)
     path = out_dir / "report.md"
-    write_text_atomic(path, text)
+    write_text_atomic(path, _markdown(result, a, pc, figures))
     return path
 
 
-def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, plots: Path) -> str:
+def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, figures: dict[str, Path]) -> str:
     sections = [
         _header(result),
         _failed_jobs(result),
@@ -94,20 +51,20 @@ def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, plots: Path) -> 
         _summary(result, a),
         _ae_vs_pca(result),
         _lossless(result),
-        _per_class(result, pc, plots),
-        _ink(result, pc, plots),
-        _compression_vs_error(result, plots),
-        _rate_distortion(a, plots),
+        _per_class(result, pc, figures),
+        _ink(result, pc, figures),
+        _compression_vs_error(figures),
+        _rate_distortion(a, figures),
         _bd_rates(a),
         _throughput(result),
-        _samples(result, plots),
-        _tsne(result, plots),
+        _samples(figures),
+        _tsne(result, figures),
     ]
     return "\n\n".join(s for s in sections if s).rstrip() + "\n"
 
 
-def _main(result: RunResult) -> pd.DataFrame:
-    return result.summary[result.summary["role"] == "main"]
+def _image(figures: dict[str, Path], name: str, alt: str) -> str:
+    return f"![{alt}]({PLOTS}/{figures[name].name})"
 
 
 # --- sections -------------------------------------------------------------------------
@@ -186,7 +143,7 @@ def _wins(v: pd.DataFrame) -> str:
 
 
 def _verdict(r: RunResult, a: Analysis) -> str:
-    main = _main(r)
+    main = analysis.main_rows(r)
     learned = main[main["learned"].astype(bool)]
     parts = [
         "## Verdict: the cheapest codec at the quality you need",
@@ -253,7 +210,7 @@ def _breakeven(row, with_note: bool = False) -> str:
 
 
 def _summary(r: RunResult, a: Analysis) -> str:
-    s = _main(r)
+    s = analysis.main_rows(r)
     dominated = dict(zip(a.points["codec"], a.dominated))
     columns = {
         "codec": s["codec"],
@@ -300,7 +257,7 @@ def _summary(r: RunResult, a: Analysis) -> str:
 
 
 def _ae_vs_pca(r: RunResult) -> str:
-    s = _main(r).set_index("codec")
+    s = analysis.main_rows(r).set_index("codec")
     rows = []
     for ae in s.index:
         if s.loc[ae, "family"] != "ae":
@@ -324,21 +281,6 @@ def _ae_vs_pca(r: RunResult) -> str:
         "",
         table(pd.DataFrame(rows)),
     ])
-
-
-# Published lossless results on MNIST digits (the full 10,000-digit test set), beside which the
-# lossless section places a run on MNIST. Quoted, not measured here: (method, bits per pixel,
-# source, what the figure is).
-PUBLISHED_LOSSLESS_MNIST = (
-    ("BB-ANS (VAE, bits back)", 1.41,
-     "Townsend, Bird & Barber, ICLR 2019, arXiv:1901.04866",
-     "one bits-back chain amortised over the test set, not a standalone file per image"),
-    ("Bit-Swap (hierarchical VAE, bits back)", 1.29 * 1024 / 784,
-     "Kingma, Abbeel & Ho, ICML 2019, arXiv:1905.06845",
-     "1.29 bits/dim on digits padded to 32x32, i.e. 1.69 per original pixel; one bits-back chain"),
-    ("LZMA", 1.49, "Kingma, Abbeel & Ho, ICML 2019", "the whole test set concatenated, one file"),
-    ("gzip", 1.65, "Kingma, Abbeel & Ho, ICML 2019", "the whole test set concatenated, one file"),
-)
 
 
 def _lossless(r: RunResult) -> str:
@@ -370,11 +312,11 @@ def _lossless(r: RunResult) -> str:
     return "\n".join([*lines, "", table(df)])
 
 
-def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
+def _per_class(r: RunResult, pc: pd.DataFrame, figures: dict[str, Path]) -> str:
     parts = ["## Quality per class", "",
              "Per codec and class (the test images' labels). In each table **bold** marks the best "
              "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM).",
-             "", "![PSNR per class](plots/per_class_psnr.png)"]
+             "", _image(figures, "per_class_psnr", "PSNR per class")]
     metric_tables = (("mse", "MSE", "{:.5f}"), ("psnr_db", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
     extremes = {m: analysis.class_extremes(pc, m, higher_is_better=m != "mse").set_index("codec")
                 for m, _, _ in metric_tables}
@@ -388,7 +330,7 @@ def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
                       f"8 (at 99 %) the hardest. This run, by MSE: {found}.", ""]
     for metric, title, fmt in metric_tables:
         rows = []
-        for codec, row in _by_class(pc, metric, r.meta["classes"]).iterrows():
+        for codec, row in analysis.by_class(pc, metric, r.meta["classes"]).iterrows():
             best, worst = (extremes[metric].loc[codec, k] for k in ("best_class", "worst_class"))
             cells = {"codec": codec}
             for cls, v in row.items():
@@ -397,21 +339,13 @@ def _per_class(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
             cells["best"], cells["worst"] = best or "—", worst or "—"
             rows.append(cells)
         parts += ["", f"### {title}", "", table(pd.DataFrame(rows))]
-    _plot_per_class(r, pc, plots / "per_class_psnr.png")
     return "\n".join(parts)
 
 
-def _by_class(pc: pd.DataFrame, metric: str, classes: list[str]) -> pd.DataFrame:
-    """Codecs x classes of one metric, classes in the dataset's order."""
-    wide = pc.pivot_table(index="codec", columns="class", values=metric, sort=False)
-    return wide.reindex(columns=[c for c in classes if c in wide.columns])
-
-
-def _ink(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
-    lossy = _main(r)[~_main(r)["lossless"]]["codec"].tolist()
-    if not lossy:
+def _ink(r: RunResult, pc: pd.DataFrame, figures: dict[str, Path]) -> str:
+    if "ink" not in figures:
         return ""
-    pc = pc[pc["codec"].isin(lossy)]
+    pc = analysis.lossy_per_class(r, pc)
     ink = pc.groupby("class", sort=False)["ink_mean"].first()
     rows = []
     for codec, g in pc.groupby("codec", sort=False):
@@ -420,7 +354,6 @@ def _ink(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
             c: f"{num(g.loc[c, 'mse'], '{:.3g}')} / {num(g.loc[c, 'mse_per_100_ink'], '{:.3g}')}"
             for c in ink.index}})
     head = {"codec": "mean ink pixels", **{c: num(v, "{:.1f}") for c, v in ink.items()}}
-    _plot_ink(pc, plots / "ink.png")
     return "\n".join([
         "## Error normalised by ink",
         "",
@@ -428,18 +361,15 @@ def _ink(r: RunResult, pc: pd.DataFrame, plots: Path) -> str:
         "per 100 ink pixels. A class whose raw error is high but whose error per ink is ordinary has "
         "more ink, not a harder shape.",
         "",
-        "![MSE and MSE per ink](plots/ink.png)",
+        _image(figures, "ink", "MSE and MSE per ink"),
         "",
         table(pd.DataFrame([head, *rows])),
     ])
 
 
-def _compression_vs_error(r: RunResult, plots: Path) -> str:
-    s = _main(r)
-    fam = s[s["family"].isin(LATENT_FAMILIES)]
-    if fam.empty:
+def _compression_vs_error(figures: dict[str, Path]) -> str:
+    if "compression_vs_error" not in figures:
         return ""
-    _plot_compression(fam, plots / "compression_vs_error.png")
     return "\n".join([
         "## Compression against error (the published chart)",
         "",
@@ -447,13 +377,12 @@ def _compression_vs_error(r: RunResult, plots: Path) -> str:
         "With one byte per latent value the two agree; a float32 latent would sit at a quarter of "
         "the byte savings.",
         "",
-        "![Compression against MSE](plots/compression_vs_error.png)",
+        _image(figures, "compression_vs_error", "Compression against MSE"),
     ])
 
 
-def _rate_distortion(a: Analysis, plots: Path) -> str:
+def _rate_distortion(a: Analysis, figures: dict[str, Path]) -> str:
     points, dom = a.points, a.dominated
-    _plot_rd(points, plots / "rate_distortion.png")
     df = pd.DataFrame({
         "curve": points["curve"], "codec": points["codec"], "role": points["role"],
         "bpp": points["bpp"].map(num), "bytes": points["bytes_mean"].map(lambda v: num(v, "{:.1f}")),
@@ -469,7 +398,7 @@ def _rate_distortion(a: Analysis, plots: Path) -> str:
         "*dominated* when another is at least as small and at least as good in PSNR, one of them "
         "strictly.",
         "",
-        "![Rate-distortion](plots/rate_distortion.png)",
+        _image(figures, "rate_distortion", "Rate-distortion"),
         "",
         table(df),
     ])
@@ -548,19 +477,17 @@ def _throughput(r: RunResult) -> str:
     ])
 
 
-def _samples(r: RunResult, plots: Path) -> str:
-    if "original" not in r.samples:
+def _samples(figures: dict[str, Path]) -> str:
+    if "samples" not in figures:
         return ""
-    _plot_samples(r, plots / "samples.png")
     return "\n".join(["## Samples", "",
                       "One test image per class: the original and each codec's reconstruction, "
-                      "with its bytes and PSNR.", "", "![Samples](plots/samples.png)"])
+                      "with its bytes and PSNR.", "", _image(figures, "samples", "Samples")])
 
 
-def _tsne(r: RunResult, plots: Path) -> str:
-    if r.tsne.empty:
+def _tsne(r: RunResult, figures: dict[str, Path]) -> str:
+    if "tsne" not in figures:
         return ""
-    _plot_tsne(r.tsne, plots / "tsne.png")
     n_orig = int((r.tsne["kind"] == "original").sum())
     return "\n".join([
         "## t-SNE of originals and reconstructions", "",
@@ -569,176 +496,4 @@ def _tsne(r: RunResult, plots: Path) -> str:
         f"{len(r.tsne)} points embedded together in one t-SNE (scikit-learn, after PCA to 50 "
         "dimensions, seed 0), so the rings are the same in every panel. A dot inside its ring: the "
         "reconstruction keeps the original's neighbours; dots that drift show what the codec loses.",
-        "", "![t-SNE](plots/tsne.png)"])
-
-
-# --- plots ----------------------------------------------------------------------------
-
-def _figure(*args, figsize=None, **kwargs):
-    """A Figure without pyplot: no global backend or figure state is touched."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # legends placed beside the axes included
-
-
-def _plot_per_class(r: RunResult, pc: pd.DataFrame, path: Path) -> None:
-    """A heatmap: codecs x classes, coloured and labelled by PSNR."""
-    lossy = pc[np.isfinite(pc["psnr_db"])]
-    classes = r.meta["classes"]
-    wide = _by_class(lossy, "psnr_db", classes)
-    fig, ax = _figure(figsize=(1.0 + 0.75 * max(len(wide.columns), 4), 1.0 + 0.38 * max(len(wide), 2)))
-    if wide.empty:
-        ax.text(0.5, 0.5, "every codec in this run is lossless (PSNR ∞)", ha="center")
-        ax.set_axis_off()
-        _save(fig, path)
-        return
-    image = ax.imshow(wide.to_numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(wide.columns)), wide.columns, rotation=45 if len(classes) > 10 else 0)
-    ax.set_yticks(range(len(wide)), wide.index, fontsize=8)
-    for (i, j), value in np.ndenumerate(wide.to_numpy()):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                color="white" if value < np.nanmean(wide.to_numpy()) else "black")
-    ax.set_xlabel("class")
-    ax.set_title("PSNR (dB) per codec and class (lossy codecs; lossless ones are exact)")
-    fig.colorbar(image, ax=ax, label="PSNR (dB)")
-    _save(fig, path)
-
-
-def _plot_ink(pc: pd.DataFrame, path: Path) -> None:
-    fig, (a, b) = _figure(1, 2, figsize=(12, 4.2))
-    for codec, g in pc.groupby("codec", sort=False):
-        a.plot(g["class"], g["mse"], marker="o", label=codec)
-        b.plot(g["class"], g["mse_per_100_ink"], marker="o", label=codec)
-    a.set_title("MSE per class")
-    b.set_title("MSE per 100 ink pixels per class")
-    for ax, ylabel in ((a, "MSE (pixels in [0, 1]), log scale"),
-                       (b, "MSE per 100 ink pixels, log scale")):
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
-        ax.set_xlabel("class")
-        ax.set_ylabel(ylabel)
-        ax.tick_params(axis="x", labelrotation=45)
-    b.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _save(fig, path)
-
-
-def _plot_compression(fam: pd.DataFrame, path: Path) -> None:
-    fig, (a, b) = _figure(1, 2, figsize=(11, 4), sharey=True)
-    for family, g in fam.groupby("family", sort=False):
-        g = g.sort_values("latent")
-        a.plot(g["dimension_compression_pct"], g["mse"], marker="o", label=family.upper())
-        b.plot(g["compression_pct"], g["mse"], marker="o", label=family.upper())
-        for _, row in g.iterrows():
-            a.annotate(row["codec"], (row["dimension_compression_pct"], row["mse"]), fontsize=7)
-    a.set_xlabel("compression % by latent dimension")
-    b.set_xlabel("compression % by bytes per image")
-    a.set_ylabel("MSE (pixels in [0, 1])")
-    a.set_title("Compression vs error (published definition)")
-    b.set_title("Compression vs error (real bytes)")
-    for ax in (a, b):
-        ax.set_yscale("log")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    _save(fig, path)
-
-
-def _plot_rd(points: pd.DataFrame, path: Path) -> None:
-    """Learned curves solid, classical dashed; twenty colours, then markers, keep two dozen curves
-    apart. One legend beside both panels, so it never hides a curve."""
-    import matplotlib as mpl
-
-    curves = list(points[~points["lossless"]].groupby("curve", sort=False))
-    lossless = points[points["lossless"]]
-    entries = len(curves) + len(lossless)
-    columns = max(1, -(-entries // 28))
-    fig, (a, b) = _figure(1, 2, figsize=(12, 5.2))
-    finite = points["psnr_db"][np.isfinite(points["psnr_db"])]
-    top = (finite.max() if len(finite) else 40) + 3
-    colours = mpl.colormaps["tab20"].colors
-    for i, (curve, g) in enumerate(curves):
-        g = g.sort_values("bpp")
-        style = {"color": colours[i % len(colours)], "marker": "os^Dv"[i // len(colours) % 5],
-                 "ms": 4, "ls": "-" if bool(g["learned"].iloc[0]) else "--", "label": curve}
-        a.plot(g["bpp"], g["psnr_db"], **style)
-        b.plot(g["bpp"], g["ssim"], **{**style, "label": None})
-    for i, (_, row) in enumerate(lossless.iterrows()):
-        marker, shade = "*PXDs^v<>ph"[i % 11], ("black", "dimgrey", "darkgrey")[i // 11 % 3]
-        style = {"marker": marker, "s": 80, "color": shade, "zorder": 3}
-        a.scatter(row["bpp"], top, label=f"{row['codec']} (lossless)", **style)
-        b.scatter(row["bpp"], row["ssim"], **style)
-    if len(lossless):
-        a.axhline(top, color="grey", lw=0.5, ls="--")
-        a.annotate("lossless (∞ dB)", (0.01, top), xycoords=("axes fraction", "data"),
-                   va="bottom", fontsize=7, color="grey")
-    a.set_ylabel("PSNR (dB)")
-    b.set_ylabel("SSIM")
-    for ax, title in ((a, "Rate–distortion: PSNR"), (b, "Rate–distortion: SSIM")):
-        ax.set_xscale("log")
-        ax.set_xlabel("bits per pixel (log scale)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3, which="both")
-    if entries:
-        fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns,
-                   title="solid: learned, dashed: classical" if curves else None, title_fontsize=7)
-    _save(fig, path)
-
-
-def _plot_samples(r: RunResult, path: Path) -> None:
-    """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render."""
-    from bench.runner import sample_indices
-
-    original = r.samples["original"]
-    codecs = [c for c in r.samples if c != "original"]
-    per_image = r.per_image[r.per_image["role"] == "main"]
-    test_labels = per_image.drop_duplicates("index").sort_values("index")["label"].to_numpy()
-    picks = sample_indices(test_labels)
-    classes = r.meta["classes"]
-    rows, cols = 1 + len(codecs), len(original)
-    h, w = original.shape[1:]
-    gap_y, gap_x = 14, 6  # pixels of room for the caption under each tile
-    mosaic = np.full((rows * (h + gap_y), cols * (w + gap_x)), 255, np.uint8)
-    for i, images in enumerate([original, *(r.samples[c] for c in codecs)]):
-        for j in range(cols):
-            y, x = i * (h + gap_y), j * (w + gap_x)
-            mosaic[y : y + h, x : x + w] = images[j]
-    fig, ax = _figure(figsize=(0.75 * cols + 1.6, 0.6 * rows + 0.4))
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    ax.set_xticks([j * (w + gap_x) + w / 2 for j in range(cols)],
-                  [f"class {classes[int(test_labels[p])]}" for p in picks], fontsize=7)
-    ax.xaxis.tick_top()
-    ax.set_yticks([i * (h + gap_y) + h / 2 for i in range(rows)], ["original", *codecs], fontsize=7)
-    lookup = per_image.set_index(["codec", "index"])
-    for i, codec in enumerate(codecs, start=1):
-        for j, pick in enumerate(picks):
-            row = lookup.loc[(codec, pick)]
-            ax.text(j * (w + gap_x) + w / 2, i * (h + gap_y) + h + 1,
-                    f"{row['bytes']}B {num(row['psnr_db'], '{:.1f}')}dB",
-                    ha="center", va="top", fontsize=4.5)
-    ax.set_title("One test image per class: original and reconstructions (bytes, PSNR)")
-    for side in ax.spines.values():
-        side.set_visible(False)
-    _save(fig, path)
-
-
-def _plot_tsne(points: pd.DataFrame, path: Path) -> None:
-    originals = points[points["kind"] == "original"]
-    codecs = list(dict.fromkeys(points.loc[points["kind"] == "reconstruction", "codec"]))
-    fig, axes = _figure(1, len(codecs), figsize=(4.5 * len(codecs) + 0.5, 4.2), squeeze=False,
-                        sharex=True, sharey=True)
-    for ax, codec in zip(axes[0], codecs):
-        recon = points[points["codec"] == codec]
-        # Rings and dots: a reconstruction that lands on its original shows as a dot in a ring.
-        ax.scatter(originals["x"], originals["y"], s=16, facecolors="none",
-                   edgecolors="tab:blue", linewidths=0.7, label="original")
-        ax.scatter(recon["x"], recon["y"], s=4, c="tab:red", alpha=0.8, label="reconstruction")
-        ax.set_title(f"t-SNE: {codec}")
-        ax.set_xlabel("t-SNE 1")
-        ax.set_ylabel("t-SNE 2")
-        ax.legend(fontsize=7, markerscale=3)
-    _save(fig, path)
+        "", _image(figures, "tsne", "t-SNE")])

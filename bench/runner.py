@@ -6,14 +6,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import metrics
-from bench.codec import Codec, CodecError, TrainingData
+from bench.codec import Codec, CodecError, TrainingData, decode_checked
 from bench.data import Dataset
 from bench.executor import Backend, execute
 from bench.registry import Spec
@@ -81,6 +81,11 @@ class JobInputs:
     threads: int  # PyTorch threads: float results depend on it, so every worker uses the same
     progress: bool
     log: Callable[[str], None]  # module-level (picklable) for workers
+    keep_codec: bool  # jobs run in this process: their fitted codecs are timed afterwards
+
+    def training(self) -> TrainingData:
+        return TrainingData(self.train, self.validation, self.cache_dir, self.train_device,
+                            self.progress, self.log, self.threads)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class JobResult:
     row: dict | None = None
     per_image: pd.DataFrame | None = None
     decoded: np.ndarray | None = None
+    codec: Codec | None = None  # the fitted codec, when the job ran in this process
     error: str = ""  # why the job failed: one line
 
 
@@ -95,11 +101,9 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
     """Runs in the main process or a worker; a failure is returned, never raised."""
     start = time.perf_counter()
     try:
-        codec = _fitted(job.spec, job.device, inputs.threads, TrainingData(
-            inputs.train, inputs.validation, inputs.cache_dir, inputs.train_device,
-            inputs.progress, inputs.log))
+        codec = job.spec.build(job.device).fit(inputs.training())
         payloads = codec.encode(inputs.test)
-        decoded = codec.decode(payloads)
+        decoded = decode_checked(codec, payloads, inputs.test.shape)
         frame = metrics.per_image(inputs.test, decoded, payloads.sizes, codec.model_bits(inputs.test))
         frame.insert(0, "codec", job.spec.canonical)
         frame.insert(1, "role", job.role)
@@ -107,7 +111,8 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         frame.insert(3, "label", inputs.labels)
         row = _codec_row(job.spec, codec, job.role, inputs.test.shape[1:])
         row["job_seconds"] = time.perf_counter() - start  # fit (or cache load) and quality
-        return JobResult(row, frame, decoded if job.keep_decoded else None)
+        return JobResult(row, frame, decoded if job.keep_decoded else None,
+                         codec if inputs.keep_codec else None)
     except Exception as exc:  # reported with its spec; the other jobs go on
         first = (str(exc).splitlines() or [""])[0]
         return JobResult(error=f"{type(exc).__name__}: {first}"[:300])
@@ -132,7 +137,8 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
     inputs = JobInputs(dataset.train.images, dataset.validation.images, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
-                       progress and not backend.parallel, _log if backend.parallel else log)
+                       progress and not backend.parallel, _log if backend.parallel else log,
+                       keep_codec=not backend.parallel)
     jobs = [QualityJob(s, role, devices_for(s, devices)[0], role == "main")
             for role, group in (("main", specs), ("sweep", sweeps)) for s in group]
     bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=None if progress else True)
@@ -165,23 +171,29 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
                         if j.keep_decoded and j.spec.info.family in tsne_families}
 
     # Speed is measured here, after the jobs, one codec at a time: never under parallel load.
+    # A codec fitted by its job is timed as it is; one fitted elsewhere (a worker, another
+    # device) is fitted again here, which for a learned codec loads the model its job cached.
     timed = throughput_batch(test.images, batch)
-    training = TrainingData(inputs.train, inputs.validation, cache_dir, inputs.train_device,
-                            progress, log)
+    fitted = {(j.spec.canonical, j.device): r.codec for j, r in ok if r.codec is not None}
+    training = replace(inputs, progress=progress, log=log).training()
+
+    def time_on(spec: Spec, device: str) -> list[dict]:
+        codec = fitted.get((spec.canonical, device)) or spec.build(device).fit(training)
+        return _throughput(codec, spec, device, timed, rounds, warmup)
+
     speed = []
     for job, _ in ok:
         if job.role == "main":
             for device in devices_for(job.spec, devices):
-                speed += _time(job.spec, device, training, inputs.threads, timed, rounds, warmup)
+                speed += time_on(job.spec, device)
     summary = summarize(rows, per_image, pd.DataFrame(speed), dataset.shape, devices[0])
     # The verdict names settings (often sweep points) whose speed it quotes: time those too.
     by_name = {j.spec.canonical: j.spec for j, _ in ok}
     already = {r["codec"] for r in speed}
     for name in verdict_settings(summary, verdict.targets, verdict.amortize):
         if name not in already:
-            spec = by_name[name]
-            speed += _time(spec, devices_for(spec, devices)[0], training, inputs.threads, timed,
-                           rounds, warmup)
+            speed += time_on(by_name[name], devices_for(by_name[name], devices)[0])
+    fitted.clear()
     throughput = pd.DataFrame(speed)
     summary = summarize(rows, per_image, throughput, dataset.shape, devices[0])
     phases["throughput"] = time.perf_counter() - start - phases["jobs"]
@@ -206,25 +218,12 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
 
 
-def _fitted(spec: Spec, device: str, threads: int, training: TrainingData) -> Codec:
-    """The codec built and fitted with the run's PyTorch thread count, the same in every job and
-    measurement (float results depend on it)."""
-    codec = spec.build(device)
-    if "torch" in sys.modules:  # imported by the codecs that use it, never for the others
-        sys.modules["torch"].set_num_threads(threads)
-    return codec.fit(training)
-
-
-def _time(spec: Spec, device: str, training: TrainingData, threads: int, batch: np.ndarray,
-          rounds: int, warmup: int) -> list[dict]:
-    return _throughput(_fitted(spec, device, threads, training), spec, device, batch, rounds, warmup)
-
-
 def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
                 warmup: int) -> list[dict]:
     warmup = max(warmup, 0)
     enc, payloads = measure(lambda: codec.encode(batch), len(batch), rounds, warmup, device)
-    dec, decoded = measure(lambda: codec.decode(payloads), len(batch), rounds, warmup, device)
+    dec, decoded = measure(lambda: decode_checked(codec, payloads, batch.shape), len(batch), rounds,
+                           warmup, device)
     psnr = float(metrics.psnr_from_mse(metrics.mse(batch, decoded).mean()))
     return [{
         "codec": spec.canonical, "device": device, "device_name": device_name(device),

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from bench.codec import CodecError, Payloads, TrainingData, check_images, fixed_rate_rows
-from bench.learned import LearnedCodec
+from bench.learned import History, LearnedCodec, host_tensor, train_loop
 from bench_codecs import pca
-from bench_codecs.host import host_tensor
 
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
@@ -124,42 +123,31 @@ class Autoencoder(nn.Module):
         return self.decoder(self.quantize(self.encoder(x)))
 
 
-def train_autoencoder(model: Autoencoder, images: np.ndarray, epochs: int, seed: int,
-                      progress: bool = True) -> list[float]:
-    """Seeded training in place, on the model's device; on the CPU the same call gives the same
-    weights."""
-    from tqdm import tqdm
-
+def train(model: Autoencoder, images: np.ndarray, validation: np.ndarray, epochs: int, seed: int,
+          progress: bool = True) -> History:
+    """MSE with the one-byte rounding in the loop; the PCA-initialised linear paths are already
+    good, so they move slowly (RECIPE["linear_lr_factor"]) and the conv paths fast."""
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    x = host_tensor(images).to(device).float().div_(255).unsqueeze(1)
-    batch = RECIPE["batch"]
-    steps = math.ceil(len(x) / batch)
-    # The PCA-initialised linear paths are already good: they move slowly, the conv paths fast.
+
+    def tensor(a):
+        return host_tensor(a).to(device).float().div_(255).unsqueeze(1)
+
+    x, xv = tensor(images), tensor(validation)
+    steps = math.ceil(len(x) / RECIPE["batch"])
     linear = [*model.enc_linear.parameters(), *model.dec_linear.parameters()]
     conv = [*model.enc_conv.parameters(), *model.dec_conv.parameters()]
     lrs = [RECIPE["lr"] * RECIPE["linear_lr_factor"], RECIPE["lr"]]
     opt = torch.optim.Adam([{"params": linear, "lr": lrs[0]}, {"params": conv, "lr": lrs[1]}])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=epochs * steps)
-    losses = []
-    bar = tqdm(range(epochs), desc=f"train ae latent={model.latent}", unit="epoch",
-               disable=None if progress else True, leave=False)
-    model.train()
-    for _ in bar:
-        order = torch.randperm(len(x), generator=gen).to(device)
-        total = 0.0
-        for i in range(steps):
-            xb = x[order[i * batch : (i + 1) * batch]]
-            loss = nn.functional.mse_loss(model(xb), xb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(xb)
-        losses.append(total / len(x))
-        bar.set_postfix(mse=f"{losses[-1]:.5f}")
-    model.eval()
-    return losses
+
+    def loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = x[idx]
+        return nn.functional.mse_loss(model(xb), xb)
+
+    return train_loop(model, loss=loss, items=len(x), batch=RECIPE["batch"], epochs=epochs, seed=seed,
+                      optimizer=opt, scheduler=sched,
+                      validate=(lambda: nn.functional.mse_loss(model(xv), xv)) if len(xv) else None,
+                      desc=f"train ae latent={model.latent}", progress=progress)
 
 
 class AutoencoderCodec(LearnedCodec):
@@ -168,7 +156,6 @@ class AutoencoderCodec(LearnedCodec):
 
     def __init__(self, latent: int, epochs: int = 8, seed: int = 0, device: str = "cpu"):
         super().__init__(epochs, seed, device)
-        self.name = f"ae(latent={latent})"
         self.latent = latent
 
     def hyperparameters(self) -> dict:
@@ -182,10 +169,9 @@ class AutoencoderCodec(LearnedCodec):
     def build_model(self, shape) -> Autoencoder:
         return Autoencoder(self.latent, tuple(shape), RECIPE["width"])
 
-    def train_model(self, model: Autoencoder, data: TrainingData) -> list[float]:
-        basis = pca.fit_pca(data.train, self.latent)
-        model.init_from_pca(basis)
-        return train_autoencoder(model, data.train, self.epochs, self.seed, data.progress)
+    def train_model(self, model: Autoencoder, data: TrainingData) -> History:
+        model.init_from_pca(pca.fit_pca(data.train, self.latent))
+        return train(model, data.train, data.validation, self.epochs, self.seed, data.progress)
 
     def decoder_modules(self) -> list[nn.Module]:
         model = self.require_model()
@@ -206,7 +192,7 @@ class AutoencoderCodec(LearnedCodec):
         images = check_images(images, trained=model.shape, codec=self.name)
         host, chunk = host_tensor(images), self._chunk
         out = torch.empty((len(images), self.latent), dtype=torch.uint8)
-        with torch.inference_mode(), self.autocast_context():
+        with self.inference(), self.autocast_context():
             for i in range(0, len(images), chunk):
                 x = host[i : i + chunk].to(self.device, non_blocking=True).unsqueeze(1)
                 x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
@@ -218,7 +204,7 @@ class AutoencoderCodec(LearnedCodec):
         model = self.require_model()
         host, chunk = host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
         out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
-        with torch.inference_mode(), self.autocast_context():
+        with self.inference(), self.autocast_context():
             for i in range(0, len(host), chunk):
                 z = host[i : i + chunk].to(self.device, non_blocking=True).float().div_(255)
                 y = model.decoder(z)

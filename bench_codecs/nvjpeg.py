@@ -25,7 +25,7 @@ from bench.codec import (
     payloads_to_decode,
     smallest_file_bytes,
 )
-from bench_codecs.host import host_tensor
+from bench.learned import host_tensor
 
 
 class NvJpeg(Codec):

@@ -55,7 +55,6 @@ def fit_pca(images: np.ndarray, k: int) -> PCABasis:
 
 
 class PCACodec(Codec):
-    learned = True
     precision = "fp32"
 
     def __init__(self, latent: int):

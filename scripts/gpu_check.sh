@@ -69,7 +69,7 @@ fi
 # still be measured is worth the GPU time already spent.
 failed=()
 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nvjpeg.py \
-    "tests/test_autoregressive.py::test_cuda_gives_the_cpus_bytes_and_images" || failed+=("GPU tests")
+    "tests/test_ar.py::test_cuda_gives_the_cpus_bytes_and_images" || failed+=("GPU tests")
 
 bench_run() { "$PY" -m bench run --dataset mnist-5k --sweep none --no-tsne --overwrite "$@"; }
 # AE and JPEG on the same GPU with the CPU beside them, at the target batch of 131,072.

@@ -54,7 +54,8 @@ def test_the_family_has_the_published_latent_sizes():
 
 def test_training_reduces_the_loss(train_small, tmp_path):
     codec = AutoencoderCodec(8, epochs=4).fit(training(train_small, tmp_path))
-    assert codec.losses[-1] < codec.losses[0] * 0.95
+    train, validation = codec.history.train, codec.history.validation
+    assert train[-1] < train[0] * 0.95 and len(validation) == 4 and validation[-1] < validation[0]
 
 
 def test_training_is_deterministic_on_cpu(train_small, tmp_path):

@@ -17,8 +17,10 @@ from conftest import training
 DIGESTS = {
     "ae95": "eb536d25fec25ac3", "ae99": "aa693d8e8b4039ff", "pca95": "cc0b62a45aae0585",
     "factorized:quality=2": "9833525b5ec331c5", "factorized": "309fdd1c9038b453",
-    "ar:width=16": "477138e70c9f97f5", "ar-lossy:width=16": "9c5ced65e9c98ee1",
-    "ar-lossy:levels=3:width=16": "0d54700e216bd06c", "jpeg": "771093a70c1b76d3",
+    # ar's streams end as every stream of bench.entropy ends (they were cut by trial decoding):
+    # the same symbols, the same or a shorter ending.
+    "ar:width=16": "be633e6f1acbfa45", "ar-lossy:width=16": "4883ca87f6f62e12",
+    "ar-lossy:levels=3:width=16": "f9ba2183aa1813f0", "jpeg": "771093a70c1b76d3",
     "zlib": "1a1c3bf8b2a5f5e6", "png": "9388a94b1a1d843c", "jpegls": "44b43935595edb95",
 }
 # The code lengths the entropy-coded models assign (their probability tables), apart from how a
@@ -41,7 +43,7 @@ def untrained(spec, mnist5k):
     torch.manual_seed(0)
     codec.model = codec.build_model((28, 28))
     if hasattr(codec.model, "table_freq"):
-        from bench_codecs.factorized import build_tables
+        from bench_codecs.factorized_model import build_tables
 
         build_tables(codec.model)
     codec.prepare(data)

@@ -191,7 +191,8 @@ def test_tsne_embeds_all_codecs_jointly_around_shared_originals():
 
 
 def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
-    from bench.report import PUBLISHED_LOSSLESS_MNIST, _lossless
+    from bench.literature import PUBLISHED_LOSSLESS_MNIST
+    from bench.report import _lossless
     from bench.results import RunResult
 
     s = pd.DataFrame({"codec": ["zlib", "ar", "jpeg"], "lossless": [True, True, False],
@@ -208,3 +209,10 @@ def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
     other = _lossless(RunResult({**meta, "dataset": "fashion-mnist"}, s, pd.DataFrame(), pd.DataFrame()))
     assert "zlib" in other and "BB-ANS" not in other  # MNIST figures only beside MNIST
     assert _lossless(RunResult(meta, s[~s["lossless"]], pd.DataFrame(), pd.DataFrame())) == ""
+
+
+def test_a_section_links_its_figure_only_when_it_was_drawn(tmp_path):
+    from bench.report import _samples
+
+    assert _samples({}) == ""
+    assert _samples({"samples": tmp_path / "plots" / "samples.png"}).endswith("![Samples](plots/samples.png)")

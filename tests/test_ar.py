@@ -13,8 +13,11 @@ import bench_codecs
 from bench.codec import CodecError, ImageError, PayloadError
 from bench.metrics import mse, psnr_from_mse
 from bench.registry import get_codec
-from bench_codecs import autoregressive as ar
-from bench_codecs.autoregressive import ARCodec, ARLossyCodec, IntNet, quantiser
+from bench_codecs import AR_LOSSY_LEVELS, ar_model
+from bench_codecs import ar as ar_codec
+from bench_codecs.ar import ARCodec, ARLossyCodec
+from bench_codecs.ar_integer import IntNet
+from bench_codecs.ar_model import quantiser
 from conftest import training
 
 
@@ -68,17 +71,17 @@ def test_bytes_and_images_are_the_same_whatever_the_split_threads_or_arithmetic(
         # decoder's per-pixel GEMMs are too small to split; it decodes 3 images at 2 threads:
         # with another tenant on the second core, every parallel region waits for it, and 10
         # images took 2.5-40 s.)
-        codec.threads = 2
+        codec.inference_threads = 2
         with monkeypatch.context() as m:
-            m.setitem(ar.CHUNK, "cpu", len(x))
+            m.setitem(ar_codec.CHUNK, "cpu", len(x))
             assert list(codec.encode(x)) == reference
         assert np.array_equal(codec.decode(reference[:3]), expected[:3])
-        codec.threads = 1
+        codec.inference_threads = 1
         codec._tensors = codec.net.to("cpu", torch.float64)  # the arithmetic that runs on CUDA
         assert list(codec.encode(x)) == reference
         assert np.array_equal(codec.decode(reference[:50]), expected[:50])
     finally:
-        codec.threads, codec._tensors = 1, one_thread
+        codec.inference_threads, codec._tensors = 1, one_thread
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,7 +101,7 @@ def test_lossy_keeps_0_and_255_and_decodes_to_the_quantised_image(lossy, digits)
     assert 36.0 < psnr_from_mse(mse(digits, decoded).mean()) < 37.5
 
 
-@pytest.mark.parametrize("levels", ar.LOSSY_LEVELS)
+@pytest.mark.parametrize("levels", AR_LOSSY_LEVELS)
 def test_the_quantiser_is_uniform_with_exact_ends(levels):
     q, rec = quantiser(levels)
     assert q[0] == 0 and q[255] == levels - 1 and rec[0] == 0 and rec[-1] == 255
@@ -158,8 +161,9 @@ def test_images_of_another_size_are_refused_naming_both_sizes(lossless, mnist5k,
 def test_side_info_is_all_a_receiver_needs(lossless, digits):
     payloads = lossless.encode(digits)
     width = 16
-    int8 = ar.N_CTX * width + width * width + width * ar.NC + ar.NG * width * ar.NF
-    int32 = (28 + 28 + 1) * width + 1 * width + 3 * width + 2 * ar.NC + 2 * ar.NG * ar.NF
+    m = ar_model
+    int8 = m.N_CTX * width + width * width + width * m.NC + m.NG * width * m.NF
+    int32 = (28 + 28 + 1) * width + 1 * width + 3 * width + 2 * m.NC + 2 * m.NG * m.NF
     assert lossless.side_info_bytes == len(lossless.side_info) == 7 + 1 + int8 + 4 * int32
     receiver = ARCodec(width=width)  # no training data, no float model: the side info only
     receiver.set_network(lossless.side_info)
@@ -186,7 +190,7 @@ def test_the_exactness_bound_is_checked_at_export_and_at_load(lossless, monkeypa
         data = IntNet(lossless.net.levels, bad).to_bytes()
     with pytest.raises(CodecError, match="partial sum can reach"):
         IntNet.from_bytes(data)
-    model = ar.ARNet(16, (256,))
+    model = ar_model.ARNet(16, (256,))
     model.load_state_dict(lossless.model.state_dict())
     with torch.no_grad():
         model.l2.bias[0] = 1e6
@@ -205,25 +209,20 @@ def test_model_bits_predict_the_real_bytes(which, request, digits):
 
 def test_training_runs_on_one_thread_and_the_cache_key_says_so(mnist5k, tmp_path, monkeypatch):
     seen = []
-    real = ar.train_arnet
+    real = ar_codec.train
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ar, "train_arnet", spy)
-    data = training(mnist5k.train.images[:100], tmp_path)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        key = ARCodec(width=8, epochs=1).cache_key(data)
-        torch.set_num_threads(2)
-        assert ARCodec(width=8, epochs=1).cache_key(data) == key
-        codec = ARCodec(width=8, epochs=1).fit(data)
-        assert seen == [ar.TRAIN_THREADS] and torch.get_num_threads() == 2
-        assert codec.checkpoint.name == f"ar-{key}.pt"
-    finally:
-        torch.set_num_threads(old)
+    monkeypatch.setattr(ar_codec, "train", spy)
+    images = mnist5k.train.images[:100]
+    key = ARCodec(width=8, epochs=1).cache_key(training(images, tmp_path, threads=1))
+    assert ARCodec(width=8, epochs=1).cache_key(training(images, tmp_path, threads=2)) == key
+    before = torch.get_num_threads()
+    codec = ARCodec(width=8, epochs=1).fit(training(images, tmp_path, threads=2))
+    assert seen == [ARCodec.train_threads] == [1] and torch.get_num_threads() == before
+    assert codec.checkpoint.name == f"ar-{key}.pt"
 
 
 def test_the_cache_key_covers_what_changes_the_model_and_nothing_else(mnist5k, monkeypatch):
@@ -232,7 +231,7 @@ def test_the_cache_key_covers_what_changes_the_model_and_nothing_else(mnist5k, m
     assert ARLossyCodec(levels=3).cache_key(data) == base  # one model for every level count
     for other in (ARLossyCodec(width=32), ARLossyCodec(epochs=1), ARLossyCodec(seed=1), ARCodec(epochs=6)):
         assert other.cache_key(data) != base
-    monkeypatch.setattr(ar, "RECIPE", {**ar.RECIPE, "lr": 1e-3})
+    monkeypatch.setattr(ar_codec, "RECIPE", {**ar_codec.RECIPE, "lr": 1e-3})
     assert ARLossyCodec().cache_key(data) != base
 
 
@@ -248,9 +247,9 @@ def test_training_is_deterministic_and_a_corrupt_checkpoint_is_retrained(mnist5k
 
 
 def test_the_registry_offers_the_levels_the_model_is_trained_on():
-    assert tuple(sorted(ar.LOSSY_LEVELS)) == bench_codecs.AR_LEVELS
+    assert ar_model.LEVELS[1:] == AR_LOSSY_LEVELS
     lossy = [i for i in bench_codecs.BUILTINS if i.name == "ar-lossy"][0]
-    assert lossy.param("levels").choices == bench_codecs.AR_LEVELS and lossy.rate_param == "levels"
+    assert set(lossy.param("levels").choices) == set(AR_LOSSY_LEVELS) and lossy.rate_param == "levels"
     assert get_codec("ar").lossless and not get_codec("ar-lossy").lossless
     with pytest.raises(CodecError, match="levels must be one of 3, 4, 5, 6, 8, 10, 12, 16"):
         get_codec("ar-lossy:levels=7")
@@ -298,7 +297,7 @@ def test_default_lossy_curve_beats_webp(default_data, mnist5k):
 
     x = mnist5k.test.images
     rows = []
-    for levels in ar.LOSSY_LEVELS:
+    for levels in AR_LOSSY_LEVELS:
         codec = get_codec(f"ar-lossy:levels={levels}").fit(default_data)
         payloads = codec.encode(x)
         decoded = codec.decode(payloads)

@@ -1,0 +1,206 @@
+"""The model of the `ar` and `ar-lossy` codecs: the context geometry, the pixel quantiser, and
+the float network with its training. bench_codecs.ar_integer exports it to the integer network
+that codes; bench_codecs.ar is the codec.
+
+Pixels are coded in raster order. The context of pixel (r, c) is the 2 rows above, columns
+c-3..c+3, and the 3 pixels to its left (17 values, 0 outside the image). An MLP 17 -> W -> W
+(activations clamped to [0, 4], learned per-row, per-column and per-level biases at layer 1) feeds
+two heads: a coarse one with 17 logits (lossless: the pixel is 0, or lies in one of 16 groups of
+16 values; lossy with L levels: the L bins directly) and, lossless only, a fine one with 16 logits
+per group (the value inside the group). A pixel costs one coarse symbol, plus one fine symbol when
+it is not 0 (81 % of MNIST pixels are 0). Training ends with an epoch of quantisation in the loop,
+so that the integer export codes what was trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.learned import History, host_tensor, train_loop
+from bench_codecs import AR_LOSSY_LEVELS
+
+# The recipe of the research prototype: context size, widths and epochs were chosen on the
+# validation split there.
+RECIPE = {"version": 1, "batch": 2048, "lr": 3e-3, "pct_start": 0.15, "qat_epochs": 1,
+          "act_max": 4.0, "l1_init_gain": 3.0}
+ARCH_VERSION = 1
+
+H = W = 28  # the image size the position biases are learned for
+ROWS, HALF = 2, 3  # the context: ROWS rows above, columns c-HALF..c+HALF, HALF pixels to the left
+PAD_W = W + 2 * HALF
+PAD_SIZE = (H + ROWS) * PAD_W
+P = H * W
+# Offsets of the 17 context pixels in a padded image (pixel (r, c) sits at (r + ROWS, c + HALF)),
+# relative to the flat index r * PAD_W + c: one definition for training, encoder and decoder.
+CONTEXT = np.array([dr * PAD_W + dc for dr in range(ROWS) for dc in range(2 * HALF + 1)]
+                   + [ROWS * PAD_W + dc for dc in range(HALF)])
+N_CTX = len(CONTEXT)
+PIXEL_BASE = np.array([r * PAD_W + c for r in range(H) for c in range(W)])  # + CONTEXT: its context
+PIXEL_AT = PIXEL_BASE + ROWS * PAD_W + HALF  # where each pixel itself sits in the padded image
+
+NC = 17  # coarse symbols
+NG = NF = 16  # lossless: groups of values, values per group
+LEVELS = (256, *AR_LOSSY_LEVELS)  # level counts a model can be conditioned on (256: lossless)
+T_LOGIT = 16  # integer logit units per nat
+
+
+def quantiser(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol of each 8-bit value, reconstruction of each symbol), in integer arithmetic so that
+    every machine agrees: a uniform quantiser whose first and last levels are 0 and 255."""
+    v = np.arange(256)
+    if levels == 256:
+        return v, v.astype(np.uint8)
+    q = (2 * v * (levels - 1) + 255) // 510
+    k = np.arange(levels)
+    return q, ((2 * k * 255 + levels - 1) // (2 * (levels - 1))).astype(np.uint8)
+
+
+def padded(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) -> (N, PAD_SIZE) flat images with the context's zero border."""
+    out = images.new_zeros((len(images), H + ROWS, PAD_W))
+    out[:, ROWS:, HALF:HALF + W] = images
+    return out.view(len(images), -1)
+
+
+# -- the float model and its training ----------------------------------------------------------
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x + 0.5)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """int8 per output channel, as the export will do it; the gradient passes straight through."""
+    d = w.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+    return _RoundSTE.apply(w / d) * d
+
+
+class ARNet(nn.Module):
+    """The float model that is trained; `IntNet.from_model` turns it into the integer network."""
+
+    def __init__(self, width: int, levels: tuple[int, ...]):
+        super().__init__()
+        self.width, self.levels = width, tuple(levels)
+        self.l1 = nn.Linear(N_CTX, width, bias=False)
+        self.row = nn.Parameter(torch.zeros(H, width))
+        self.col = nn.Parameter(torch.zeros(W, width))
+        self.lvl = nn.Parameter(torch.zeros(len(self.levels), width))
+        self.b1 = nn.Parameter(torch.zeros(width))
+        self.l2 = nn.Linear(width, width)
+        self.coarse = nn.Linear(width, NC)
+        # Only a lossless model needs the fine head.
+        self.fine = nn.Linear(width, NG * NF) if 256 in self.levels else None
+        self.quant = False  # integer quantisation in the loop (the last epochs)
+        with torch.no_grad():
+            self.l1.weight.mul_(RECIPE["l1_init_gain"])
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.clamp(0.0, RECIPE["act_max"])
+        if self.quant:
+            s = RECIPE["act_max"] / 255.0
+            h = _RoundSTE.apply(h / s) * s
+        return h
+
+    def _w(self, layer: nn.Linear) -> torch.Tensor:
+        return _fake_quant_weight(layer.weight) if self.quant else layer.weight
+
+    def _logits(self, h: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+        out = h @ self._w(layer).t() + layer.bias
+        return _RoundSTE.apply(out * T_LOGIT) / T_LOGIT if self.quant else out
+
+    def hidden(self, ctx: torch.Tensor, pos: torch.Tensor, lvl: torch.Tensor) -> torch.Tensor:
+        """ctx (B, 17) pixels / 255, pos (B,) 0..783, lvl (B,) index into self.levels."""
+        h = ctx @ self._w(self.l1).t() + self.row[pos // W] + self.col[pos % W] + self.lvl[lvl] + self.b1
+        return self._act(self._act(h) @ self._w(self.l2).t() + self.l2.bias)
+
+    def bits(self, ctx, pos, lvl, sym) -> torch.Tensor:
+        """Code length in bits of each pixel's symbol (its value, or its bin when lossy)."""
+        f = nn.functional
+        h = self.hidden(ctx, pos, lvl)
+        counts = torch.tensor([NC if v == 256 else v for v in self.levels], device=ctx.device)
+        k = counts[lvl]
+        lossless = k == NC
+        cl = self._logits(h, self.coarse)
+        cl = cl.masked_fill(torch.arange(NC, device=ctx.device) >= k[:, None], float("-inf"))
+        target = torch.where(lossless, torch.where(sym == 0, 0, 1 + (sym - 1) // NF), sym)
+        nats = f.cross_entropy(cl, target, reduction="none")
+        sel = torch.nonzero(lossless & (sym != 0)).squeeze(1)
+        if self.fine is not None and len(sel):
+            # Only the pixels that need a fine symbol go through the fine head (a fifth of them).
+            g, lo = (sym[sel] - 1) // NF, (sym[sel] - 1) % NF
+            rows = torch.arange(len(sel), device=ctx.device)
+            fl = self._logits(h[sel], self.fine).view(-1, NG, NF)[rows, g]
+            impossible = (g[:, None] == NG - 1) & (torch.arange(NF, device=ctx.device) == NF - 1)
+            fl = fl.masked_fill(impossible, float("-inf"))  # 1 + 16 * 15 + 15 = 256 is no pixel
+            nats = nats.index_add(0, sel, f.cross_entropy(fl, lo, reduction="none"))
+        return nats / math.log(2)
+
+
+def train(model: ARNet, images: np.ndarray, validation: np.ndarray, epochs: int, seed: int,
+          progress: bool = True) -> History:
+    """Every pixel of every image once per epoch, in random order (bits per pixel is the loss);
+    with several level counts each image draws one count per epoch. The validation split is
+    measured with image i at level count i mod the counts."""
+    device = next(model.parameters()).device
+    x = host_tensor(images)
+    n = len(x)
+    # uint8 throughout (1 byte per pixel and copy): the full MNIST training split fits easily.
+    tables = [tuple(torch.from_numpy(t.astype(np.uint8)) for t in quantiser(v)) for v in model.levels]
+    steps = n * P // RECIPE["batch"]
+    opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=RECIPE["lr"], total_steps=steps * epochs,
+                                                pct_start=RECIPE["pct_start"])
+    context = torch.from_numpy(CONTEXT).to(device)
+    base = torch.from_numpy(PIXEL_BASE).to(device)
+    epoch_data = {}
+
+    def quantised(images: torch.Tensor, lvl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's symbols at its level count, and its padded reconstruction (on device)."""
+        sym, rec = torch.empty_like(images), torch.empty_like(images)
+        for i, (q, r) in enumerate(tables):
+            sel = lvl == i
+            bins = q[images[sel].long()]
+            sym[sel] = bins
+            rec[sel] = r[bins.long()]
+        return sym.reshape(-1).to(device), padded(rec).reshape(-1).to(device)
+
+    def before_epoch(epoch: int, gen: torch.Generator) -> int:
+        model.quant = epoch >= epochs - RECIPE["qat_epochs"]
+        lvl = torch.randint(len(model.levels), (n,), generator=gen)
+        epoch_data["sym"], epoch_data["flat"] = quantised(x, lvl)
+        epoch_data["lvl"] = lvl.to(device)
+        return n * P
+
+    def bits(idx: torch.Tensor, flat, sym, lvl) -> torch.Tensor:
+        img, pos = idx // P, idx % P
+        ctx = flat[(img * PAD_SIZE + base[pos])[:, None] + context].float() / 255.0
+        return model.bits(ctx, pos, lvl[img], sym[idx].long())
+
+    def loss(idx: torch.Tensor) -> torch.Tensor:
+        return bits(idx, epoch_data["flat"], epoch_data["sym"], epoch_data["lvl"]).mean()
+
+    xv = host_tensor(validation)
+    lvl_v = torch.arange(len(xv)) % len(model.levels)
+    sym_v, flat_v = quantised(xv, lvl_v)
+    lvl_v = lvl_v.to(device)
+
+    def validate() -> float:
+        total = 0.0
+        for s in range(0, len(xv) * P, 8 * RECIPE["batch"]):
+            idx = torch.arange(s, min(s + 8 * RECIPE["batch"], len(xv) * P), device=device)
+            total += float(bits(idx, flat_v, sym_v, lvl_v).sum())
+        return total / (len(xv) * P)
+
+    return train_loop(model, loss=loss, items=n * P, batch=RECIPE["batch"], epochs=epochs, seed=seed,
+                      optimizer=opt, scheduler=sched, drop_last=True, before_epoch=before_epoch,
+                      validate=validate if len(xv) else None, desc=f"train ar width={model.width}",
+                      progress=progress)
