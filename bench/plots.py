@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench import analysis
+from bench.markdown import num
 from bench.results import RunResult
 
 LATENT_FAMILIES = ("ae", "pca")  # the codecs with a latent dimension, the published chart's x axis
@@ -160,7 +161,6 @@ def draw_rate_distortion(points: pd.DataFrame, path: Path) -> None:
 
 def draw_samples(r: RunResult, path: Path) -> None:
     """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render."""
-    from bench.report import num  # report.py imports this module
     from bench.runner import sample_indices
 
     original = r.samples["original"]

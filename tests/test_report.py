@@ -192,7 +192,7 @@ def test_tsne_embeds_all_codecs_jointly_around_shared_originals():
 
 def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
     from bench.literature import PUBLISHED_LOSSLESS_MNIST
-    from bench.report import _lossless
+    from bench.report_quality import lossless as _lossless
     from bench.results import RunResult
 
     s = pd.DataFrame({"codec": ["zlib", "ar", "jpeg"], "lossless": [True, True, False],
@@ -212,7 +212,7 @@ def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
 
 
 def test_a_section_links_its_figure_only_when_it_was_drawn(tmp_path):
-    from bench.report import _samples
+    from bench.report_quality import samples as _samples
 
     assert _samples({}) == ""
     assert _samples({"samples": tmp_path / "plots" / "samples.png"}).endswith("![Samples](plots/samples.png)")
