@@ -47,7 +47,7 @@ class VerdictOptions:
 TABLES = ("summary", "per_image", "throughput", "tsne")
 CSV_FLOAT = "%.7g"
 VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
-             "pillow", "torch", "torchvision", "matplotlib", "constriction", "bjontegaard")
+             "pillow", "torch", "torchvision", "matplotlib", "constriction", "bjontegaard", "zstandard")
 
 
 def environment() -> dict:
@@ -60,8 +60,7 @@ def environment() -> dict:
     try:
         import imagecodecs
 
-        for lib in ("jpeg8", "png", "webp", "jpegxl", "avif", "jpeg2k", "jpegls", "zlib", "zstd",
-                    "brotli"):
+        for lib in ("jpeg8", "png", "webp", "jpegxl", "avif", "jpeg2k", "jpegls", "zlib", "brotli"):
             versions[lib] = getattr(imagecodecs, f"{lib}_version")()
     except ImportError:
         pass

@@ -11,7 +11,8 @@ import pytest
 from bench.codec import CodecError, ImageError, ParameterError, PayloadError
 from bench.metrics import mse, psnr_from_mse, ssim
 from bench.registry import get_codec
-from bench_codecs import classical, containers
+from bench_codecs import avif_container, classical, compressors, containers
+from bench_codecs.image_codec import ImageCodec
 from conftest import training
 
 LOSSLESS = ["raw", "png", "webp-lossless", "jpegxl-lossless", "avif-lossless",
@@ -281,14 +282,109 @@ def test_oversized_headers_are_refused_before_the_library_runs(spec, digits, mon
 
 def test_av1_sequence_header_is_checked_whatever_ispe_says(digits):
     data = get_codec("avif").encode(digits[:1])[0]
-    assert containers.avif_layout(data).height == 28
+    assert avif_container.avif_layout(data).height == 28
     # A reduced still-picture sequence header with 16-bit frame sizes of 65536.
     bits = "000" "1" "1" "00000" "1111" "1111" + "1" * 16 + "1" * 16
     bits += "0" * (-len(bits) % 8)
     obu = int(bits, 2).to_bytes(len(bits) // 8, "big")
     stream = bytes([0x0A, len(obu)]) + obu
     with pytest.raises(PayloadError, match="65536x65536"):
-        containers._check_av1(stream, 0, len(stream))
+        avif_container._check_av1(stream, 0, len(stream))
+
+
+def _size_bits(spec: str, data: bytes) -> list[tuple[int, int]]:
+    """(byte, bit) of every bit of the image size that the file's header declares."""
+    if spec.startswith("jpeg2000"):  # SIZ: Xsiz, Ysiz
+        return [(at, bit) for at in range(8, 16) for bit in range(8)]
+    if spec.startswith("avif"):  # ispe: width, height
+        at = data.index(b"ispe") + 8
+        return [(i, bit) for i in range(at, at + 8) for bit in range(8)]
+    raise AssertionError(spec)
+
+
+@pytest.mark.parametrize("spec", ["jpeg2000", "jpeg2000-lossless", "avif", "avif-lossless"])
+def test_a_bit_flip_in_the_declared_size_is_refused(spec, digits):
+    # Both formats state the size twice, image and tile, ispe and AV1 sequence header; without
+    # comparing them, a flip in either is a valid file of another size that the library decodes.
+    codec = get_codec(spec)
+    data = codec.encode(digits[:1])[0]
+    for at, bit in _size_bits(spec, data):
+        flipped = _patched(data, at, bytes([data[at] ^ 1 << bit]))
+        with pytest.raises(PayloadError, match="payload 0 .*(not one tile|ispe says|outside 1..1024)"):
+            codec.decode([flipped])
+
+
+def test_a_bit_flip_in_a_jpeg_size_is_a_valid_file_of_that_size(digits):
+    # The limit of what a decoder can tell: JPEG states the size once, with no checksum.
+    data = get_codec("jpeg").encode(digits[:1])[0]
+    at = data.index(b"\xff\xc0") + 6  # the low byte of the height
+    flipped = _patched(data, at, bytes([data[at] ^ 16]))
+    assert containers.jpeg_layout(flipped).height == 12
+    assert get_codec("jpeg").decode([flipped]).shape == (1, 12, 28)
+
+
+@pytest.mark.parametrize("spec", [*FORMATS, "jpeg:shared_header=1", "png:shared_header=1"])
+@pytest.mark.parametrize("change", ["crop", "rgb", "uint16"])
+def test_an_image_other_than_the_declared_one_is_refused(spec, change, digits, monkeypatch):
+    codec = fitted(spec, digits)
+    payloads = codec.encode(digits[:2])
+    library = codec._decode_one
+
+    def wrong(data):
+        image = library(data)
+        if change == "crop":
+            return image[:-1]
+        return np.dstack([image] * 3) if change == "rgb" else image.astype(np.uint16)
+
+    monkeypatch.setattr(codec, "_decode_one", wrong)
+    got = {"crop": "27x28", "rgb": r"a uint8 array of shape \(28, 28, 3\)",
+           "uint16": r"a uint16 array of shape \(28, 28\)"}[change]
+    with pytest.raises(PayloadError, match=f"payload 0 .*decodes to {got}, not the 8-bit grayscale "
+                                           "28x28 image its header declares"):
+        codec.decode(payloads)
+
+
+def _zstd_without_checksum(payload: bytes) -> bytes:
+    return payload[:8] + bytes([payload[8] & ~4]) + payload[9:-4]
+
+
+def test_zstd_payloads_carry_the_content_checksum(digits):
+    codec = get_codec("zstd")
+    for payload in codec.encode(digits[:20]):
+        assert payload[8] & 4  # the frame header descriptor's checksum flag
+    # Every length class of the hash (stripes of 32 bytes, then 8, 4 and 1): libzstd checks it.
+    rng = np.random.default_rng(0)
+    for n in range(80):
+        image = rng.integers(0, 4, (1, 1, n + 1), dtype=np.uint8)
+        assert np.array_equal(codec.decode(codec.encode(image)), image)
+
+
+def test_zstd_refuses_a_bit_flip_in_its_content_and_a_frame_without_checksum(digits):
+    codec = get_codec("zstd")
+    payload = codec.encode(digits[:1])[0]
+    silent, refusals = 0, []
+    for at in range(9, len(payload) - 4):  # after the frame header descriptor, before the checksum
+        flipped = _patched(payload, at, bytes([payload[at] ^ 0x10]))
+        try:  # what the same flip does to the frame without its checksum
+            pixels = imagecodecs.zstd_decode(_zstd_without_checksum(flipped)[4:], out=785)
+            silent += len(pixels) == 784 and pixels != digits[0].tobytes()
+        except Exception:
+            pass
+        try:
+            decoded = codec.decode([flipped])
+        except PayloadError as exc:
+            refusals.append(str(exc))
+            continue
+        assert np.array_equal(decoded, digits[:1])  # a bit that the decoder never reads
+    assert silent > 0 and sum("checksum" in m for m in refusals) >= silent
+    with pytest.raises(PayloadError, match="payload 0 .*no content checksum"):
+        codec.decode([_zstd_without_checksum(payload)])
+
+
+def test_zstd_header_bytes_count_the_checksum():
+    constant = [np.full(784, v, np.uint8).tobytes() for v in (0, 128, 255)]
+    frames = min(len(imagecodecs.zstd_encode(c, level=19)) for c in constant)
+    assert get_codec("zstd").header_bytes((28, 28)) == 4 + frames + 4  # size header, frame, checksum
 
 
 @pytest.mark.parametrize("spec", [*FORMATS, "raw"])
@@ -331,9 +427,10 @@ def test_every_classical_class_has_a_registry_entry():
     from bench_codecs import BUILTINS
 
     factories = {info.factory.partition(":")[2] for info in BUILTINS if isinstance(info.factory, str)}
-    for name, obj in vars(classical).items():
-        if isinstance(obj, type) and issubclass(obj, classical.ImageCodec) and not name.startswith("_"):
-            assert name in factories or name == "ImageCodec", name
+    for module in (classical, compressors):
+        for name, obj in vars(module).items():
+            if isinstance(obj, type) and issubclass(obj, ImageCodec) and not name.startswith("_"):
+                assert name in factories or name == "ImageCodec", name
 
 
 def test_default_sweeps_run_tuned_settings_over_many_points():
