@@ -1,43 +1,15 @@
 """The analyses the report shows: a run's tables per class and per curve, dominance, BD-rate,
-the verdict, per-class extremes, t-SNE."""
+the verdict, per-class extremes."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import metrics
-from bench.cache import atomic_write, default_cache_dir
 from bench.results import RunResult, VerdictOptions
-
-TSNE_POINTS = 1000  # originals plus reconstructions in the one embedding
-TSNE_RECIPE = {"pca_dims": 50, "max_iter": 500, "perplexity": 30.0}
-
-
-def _embed(x: np.ndarray, seed: int, cache_dir: Path) -> np.ndarray:
-    """t-SNE of uint8 rows, cached by content: the same images give the same embedding."""
-    key = hashlib.sha256(x.tobytes() + repr((x.shape, seed, TSNE_RECIPE)).encode()).hexdigest()
-    path = cache_dir / f"tsne-{key[:20]}.npy"
-    try:
-        return np.load(path)
-    except (OSError, ValueError):
-        pass
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
-    dims = min(TSNE_RECIPE["pca_dims"], *x.shape)
-    reduced = PCA(n_components=dims, random_state=seed).fit_transform(x / 255.0)
-    xy = TSNE(n_components=2, init="pca", random_state=seed, max_iter=TSNE_RECIPE["max_iter"],
-              perplexity=min(TSNE_RECIPE["perplexity"], (len(x) - 1) / 3)).fit_transform(reduced)
-    try:
-        atomic_write(path, lambda f: np.save(f, xy))
-    except OSError:
-        pass  # an unwritable cache only costs the next run this embedding again
-    return xy
 
 
 def dominated_by(points: pd.DataFrame, rate: str = "bytes_mean", quality: str = "psnr_db") -> pd.Series:
@@ -275,29 +247,6 @@ def class_extremes(per_class: pd.DataFrame, metric: str = "mse",
         best, worst = (high, low) if higher_is_better else (low, high)
         rows.append({"codec": codec, "best_class": best, "worst_class": worst})
     return pd.DataFrame(rows)
-
-
-def tsne_points(originals: np.ndarray, labels: np.ndarray, decoded: dict[str, np.ndarray],
-                seed: int = 0, cache_dir: Path | None = None) -> pd.DataFrame:
-    """One joint 2-D t-SNE of a subsample of originals and every codec's reconstructions.
-
-    Joint, so the originals sit at the same place in every codec's panel; the subsample keeps
-    the embedding at about TSNE_POINTS points.
-    """
-    rng = np.random.default_rng(seed)
-    per_side = max(TSNE_POINTS // (1 + len(decoded)), 100)
-    pick = np.sort(rng.choice(len(originals), min(per_side, len(originals)), replace=False))
-    groups = [("original", "", originals[pick])]
-    groups += [("reconstruction", codec, recon[pick]) for codec, recon in decoded.items()]
-    x = np.concatenate([g[2] for g in groups]).reshape(len(groups) * len(pick), -1)
-    xy = _embed(x, seed, Path(cache_dir or default_cache_dir()))
-    n = len(pick)
-    return pd.DataFrame({
-        "codec": np.repeat([g[1] for g in groups], n),
-        "kind": np.repeat([g[0] for g in groups], n),
-        "index": np.tile(pick, len(groups)), "label": np.tile(labels[pick], len(groups)),
-        "x": xy[:, 0], "y": xy[:, 1],
-    })
 
 
 # --- a run's results, read for the report ------------------------------------------------------

@@ -9,12 +9,18 @@ sides), either fixed tables (`Tables`, `TableCoder`) or computed by integer arit
 
 A stream is a sequence of big-endian 32-bit words. It ends (`finish`) at the point of the final
 interval with the most trailing zero bits, whose trailing zero bytes are dropped; the decoder pads
-with zeros (`words`). A range-coder stream has no end marker: what constriction can tell is
-corrupt is a PayloadError (`refusing`), the rest decodes to some symbols.
+with zeros (`words`). So a stream never ends in a zero byte (the empty stream is the one byte 0).
+
+A range-coder stream has no end marker, and most byte strings decode to some symbols. So every
+stream ends with a check symbol: TAG_BITS bits of a hash of the model that coded it (`end_stream`,
+`check_end`). A payload of another model or setting is refused 15 times in 16, and so is a damaged
+one: a flipped bit or a cut changes the symbols decoded after it, the check symbol among them.
+Bytes appended to a stream mostly leave its symbols, and the image, as they were.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -90,14 +96,48 @@ def finish(enc) -> bytes:
     # highest bit where low - 1 and high differ cleared.
     top = ((low - 1) ^ high).bit_length() - 1 if low else high.bit_length()
     point = high >> top << top
-    return point.to_bytes(4 * pos + 8, "big").rstrip(b"\0")
+    return point.to_bytes(4 * pos + 8, "big").rstrip(b"\0") or b"\0"
 
 
-def encode_categorical(symbols: np.ndarray, probs: np.ndarray) -> bytes:
-    """One stream of `symbols` (int32), each under its own row of integer weights `probs`."""
+TAG_BITS = 4  # 1/16 of foreign or damaged streams pass the check symbol
+
+
+def model_tag(*parts: bytes) -> int:
+    """TAG_BITS bits of a hash of what defines a model's coding (its side information, settings)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()[0] & ((1 << TAG_BITS) - 1)
+
+
+def _tag_model():
+    return stream().model.Uniform(1 << TAG_BITS)
+
+
+def end_stream(enc, tag: int) -> bytes:
+    """The check symbol, then the shortest ending."""
+    enc.encode(tag, _tag_model())
+    return finish(enc)
+
+
+def check_end(dec, data: bytes | np.ndarray, tag: int, codec: str, index: int) -> None:
+    """After the last symbol: the check symbol must be the model's, and the stream must end as
+    `finish` ends one; otherwise a PayloadError naming the payload."""
+    got = int(dec.decode(_tag_model()))
+    if got != tag:
+        raise PayloadError(f"{codec}: payload {index} was made by another model or setting, or is "
+                           f"corrupt (its check symbol is {got}, this model's {tag})")
+    if len(data) > 1 and data[-1] == 0:
+        raise PayloadError(f"{codec}: payload {index} ends in a zero byte, which no stream does "
+                           "(bytes appended to it?)")
+
+
+def encode_categorical(symbols: np.ndarray, probs: np.ndarray, tag: int) -> bytes:
+    """One stream of `symbols` (int32), each under its own row of integer weights `probs`, ended
+    by the check symbol `tag`."""
     enc = encoder()
     enc.encode(symbols, categorical(), probs)
-    return finish(enc)
+    return end_stream(enc, tag)
 
 
 def decode_each(decoders: list, probs: Sequence[np.ndarray], codec: str,
@@ -118,6 +158,8 @@ def refusing(codec: str, index: int | Callable[[], int]) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        if isinstance(exc, PayloadError) and str(exc).startswith(f"{codec}: "):
+            raise
         i = index() if callable(index) else index
         raise PayloadError(f"{codec}: payload {i} is corrupt or truncated ({exc})") from None
 
@@ -182,9 +224,10 @@ MAX_ESCAPE_BITS = 32  # escape codes carry d + 1 in at most this many bits
 class TableCoder:
     """Codes (N, rows) int32 vectors under fixed integer `Tables`: one stream per vector, one
     symbol per row in a fixed order, then the value of every escaped row (side bit, bit length,
-    raw bits: any int32 is representable, nothing is clipped)."""
+    raw bits: any int32 is representable, nothing is clipped), then the check symbol `tag`."""
 
-    def __init__(self, tables: Tables):
+    def __init__(self, tables: Tables, tag: int):
+        self.tag = tag
         models = stream().model
         self.lo, self.size = tables.lo.astype(np.int64), tables.size.astype(np.int64)
         self.hi = self.lo + self.size - 2  # the last regular value; symbol size-1 is the escape
@@ -252,8 +295,7 @@ class TableCoder:
         return v
 
     def encode(self, q: np.ndarray) -> list[bytes]:
-        """(N, rows) int32 -> one non-empty stream per row of q (an empty payload means a
-        missing one)."""
+        """(N, rows) int32 -> one stream per row of q."""
         sym = q - self.lo
         escaped = (sym < 0) | (sym > self.hi - self.lo)
         sym = np.where(escaped, self.escape, sym).astype(np.int32)
@@ -271,7 +313,7 @@ class TableCoder:
                 for r in np.flatnonzero(escaped[i]):
                     for s, model in self._escape_symbols(int(q[i, r]), r):
                         enc.encode(s, model)
-            out.append(finish(enc) or b"\0")
+            out.append(end_stream(enc, self.tag))
         return out
 
     def decode(self, payloads: Payloads, codec: str) -> np.ndarray:
@@ -299,8 +341,9 @@ class TableCoder:
                                "(a symbol outside its table)")
         q = sym + self.lo.astype(np.int32)
         hits = sym == self.escape
-        for i in np.flatnonzero(hits.any(1)):
+        for i in range(n):
             with refusing(codec, i):
                 for r in np.flatnonzero(hits[i]):  # escape values follow the regular symbols
                     q[i, r] = self._decode_escape(decoders[i], r)
+                check_end(decoders[i], buffer[offsets[i] : offsets[i + 1]], self.tag, codec, i)
         return q

@@ -4,10 +4,10 @@
     print(report)
     assert_decoder_robust(report)
 
-The codec contract (docs/writing-a-codec.md): a payload that is corrupt, truncated or from another codec raises a
-`CodecError` subclass with a clear message; it never crashes the process and never returns garbage
-silently. Payloads are generated from a seeded numpy Generator, so a failure reproduces from its
-seed alone. Each payload is decoded alone, and its outcome is one of:
+The codec contract (docs/writing-a-codec.md): a payload that is corrupt, truncated or from another
+codec raises a `CodecError` subclass with a clear message; it never crashes the process and never
+returns garbage silently. Payloads are generated from a seeded numpy Generator, so a failure
+reproduces from its seed alone. Each payload is decoded alone, and its outcome is one of:
 
 - refused: a `CodecError` with a message;
 - accepted: one uint8 image of the expected shape. Of these, `altered` counts the payloads made

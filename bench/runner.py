@@ -199,9 +199,9 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     phases["throughput"] = time.perf_counter() - start - phases["jobs"]
     tsne = pd.DataFrame()
     if decoded_for_tsne:
-        from bench.analysis import tsne_points
+        from bench.tsne import tsne_points
 
-        tsne = tsne_points(test.images, test.labels, decoded_for_tsne, cache_dir=cache_dir)
+        tsne = tsne_points(test.images, test.labels, decoded_for_tsne, cache_dir=cache_dir, log=log)
     meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,
             "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
             "image_shape": list(dataset.shape), "train_images": len(dataset.train),

@@ -2,10 +2,9 @@
 model over each pixel's causal neighbourhood (bench_codecs.ar_model), run as an integer network
 (bench_codecs.ar_integer), and a real range-coded stream per image (bench.entropy).
 
-Payload: one header byte, then the range coder's stream. The header's high nibble is the level
-count's index in LEVELS (so a payload of another level count is refused by name), its low nibble
-four bits of a hash of the decoder's network (so a payload of another model is refused, 15 times
-in 16). The stream ends as bench.entropy ends every stream.
+Payload: the range coder's stream alone, ended as bench.entropy ends every stream: with the 4-bit
+check symbol of the decoder's network and level count, so that a payload of another model or
+level count is refused 15 times in 16, and so is most damage.
 """
 
 from __future__ import annotations
@@ -106,15 +105,12 @@ class ARCodec(LearnedCodec):
                              f"{', '.join(map(str, net.levels))}, not for {self.levels}")
         self.net, self.side_info = net, side_info
         self._tensors = self.net.to(self.device)
-        self.header = (LEVELS.index(self.levels) << 4) | self.net.tag
+        self.tag = entropy.model_tag(side_info, bytes([LEVELS.index(self.levels)]))
 
     @property
     def side_info_bytes(self) -> int:
         self._require_net()
         return len(self.side_info)
-
-    def header_bytes(self, shape: tuple[int, int]) -> int:
-        return 1
 
     def _require_net(self) -> IntInference:
         if self._tensors is None:
@@ -166,17 +162,16 @@ class ARCodec(LearnedCodec):
     def encode(self, images: np.ndarray) -> Payloads:
         self._require_net()
         images = check_images(images, trained=(H, W), codec=self.name)
-        header = bytes([self.header])
         out = []
         with self.inference():
             for _, tab, sym, off in self._tables(images):
                 for i in range(len(off) - 1):
                     a, b = off[i], off[i + 1]
-                    out.append(header + entropy.encode_categorical(sym[a:b], tab[a:b]))
+                    out.append(entropy.encode_categorical(sym[a:b], tab[a:b], self.tag))
         return Payloads.from_list(out)
 
     def model_bits(self, images: np.ndarray) -> np.ndarray:
-        """The integer model's code length per image (bits), the header byte not included."""
+        """The integer model's code length per image (bits), the check symbol not included."""
         self._require_net()
         images = check_images(images, trained=(H, W), codec=self.name)
         bits = np.empty(len(images))
@@ -188,32 +183,12 @@ class ARCodec(LearnedCodec):
 
     # -- the decoder side ----------------------------------------------------------------
 
-    def _streams(self, payloads: Payloads | Sequence[bytes]) -> list[bytes]:
-        payloads = payloads_to_decode(payloads, self.name)
-        streams = []
-        for i, p in enumerate(payloads):
-            if not p:
-                raise PayloadError(f"{self.name}: payload {i} is empty; it needs at least its "
-                                   "1-byte header")
-            if p[0] != self.header:
-                raise PayloadError(f"{self.name}: payload {i} {self._whose(p[0])}")
-            streams.append(p[1:])
-        return streams
-
-    def _whose(self, header: int) -> str:
-        li = header >> 4
-        if li >= len(LEVELS):
-            return f"is not an ar payload (header byte {header:#04x})"
-        if LEVELS[li] != self.levels:
-            made = "lossless" if LEVELS[li] == 256 else f"with levels={LEVELS[li]}"
-            this = "lossless" if self.levels == 256 else f"levels={self.levels}"
-            return f"was encoded {made}; this codec decodes {this}"
-        return (f"was encoded by another ar model (model tag {header & 15}, this model's "
-                f"{self.header & 15}) or is corrupt")
-
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         t = self._require_net()
-        streams = self._streams(payloads)
+        streams = list(payloads_to_decode(payloads, self.name))
+        for i, stream in enumerate(streams):
+            if not stream:
+                raise PayloadError(f"{self.name}: payload {i} is empty")
         with self.inference():
             return self._decode(t, streams)
 
@@ -251,6 +226,8 @@ class ARCodec(LearnedCodec):
                 raise PayloadError(f"{self.name}: payload {nzi[bad[0]]} is corrupt (pixel {p} "
                                    "decodes to no 8-bit value)")
             x[torch.from_numpy(nzi).to(dev), at] = torch.from_numpy(value).to(dev, t.dtype)
+        for i, (dec, stream) in enumerate(zip(decoders, streams)):
+            entropy.check_end(dec, stream, self.tag, self.name, i)
         out = x.view(n, H + ROWS, PAD_W)[:, ROWS:, HALF:HALF + W]
         return out.to(torch.uint8).cpu().numpy()
 

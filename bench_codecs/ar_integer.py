@@ -16,7 +16,6 @@ identical on both sides.
 from __future__ import annotations
 
 import decimal
-import hashlib
 import math
 import struct
 
@@ -167,11 +166,6 @@ class IntNet:
             raise CodecError(f"ar network: a partial sum can reach {worst:,}, and float32 is exact "
                              f"only below 2**24 = {EXACT_LIMIT:,}")
         return worst
-
-    @property
-    def tag(self) -> int:
-        """Four bits of a hash of the network, in every payload's header."""
-        return hashlib.sha256(self.to_bytes()).digest()[0] & 0x0F
 
     def to(self, device: str, dtype: torch.dtype | None = None) -> IntInference:
         return IntInference(self, device, dtype)

@@ -2,10 +2,11 @@
 bench_codecs.factorized_model), with real range-coded payloads.
 
 **Payload.** One range-coder stream (bench.entropy.TableCoder over the model's integer tables): one
-symbol per latent in a fixed order, then the value of every escaped latent. The image size is the
-model's, so there is no header. Encoder and decoder build their constriction models from exactly
-the integers in the checkpoint, never from a float network output, so the decoder rebuilds the
-encoder's probabilities bit for bit.
+symbol per latent in a fixed order, then the value of every escaped latent, then the 4-bit check
+symbol of the model (bench.entropy), so that another quality's or model's payload is refused. The
+image size is the model's, so there is no header. Encoder and decoder build their constriction
+models from exactly the integers in the checkpoint, never from a float network output, so the
+decoder rebuilds the encoder's probabilities bit for bit.
 
 **Identical pixels whatever the batch.** Float convolutions on the CPU can give different low
 bits for different batch sizes (another kernel blocking). Analysis and synthesis therefore
@@ -91,7 +92,11 @@ class FactorizedCodec(LearnedCodec):
         super().prepare(data)
         model = self.require_model()
         self.analysis, self.synthesis = inference_forms(model)
-        self.coder = entropy.TableCoder(model.tables)
+        # Bound to what a decoder receives: the synthesis weights and the tables.
+        sent = [t for m in self.decoder_modules() for t in m.state_dict().values()]
+        sent += [model.table_lo, model.table_size, model.table_freq]
+        tag = entropy.model_tag(*(t.detach().cpu().contiguous().numpy().tobytes() for t in sent))
+        self.coder = entropy.TableCoder(model.tables, tag)
 
     # -- coding ----------------------------------------------------------------------------------
 

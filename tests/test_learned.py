@@ -2,6 +2,7 @@
 weights, and a model trained on one device is not silently reused for another."""
 
 import importlib
+import struct
 import sys
 
 import pytest
@@ -91,3 +92,45 @@ def test_the_autoencoders_key_covers_its_own_module_and_pca(key, monkeypatch):
     monkeypatch.setattr(learned, "source_fingerprint", spy)
     compute()
     assert {"bench_codecs.autoencoder", "bench_codecs.pca", "bench.learned"} <= set(seen)
+
+
+def flip_inside_a_tensor(checkpoint, count=16):
+    """Flip `count` bytes in the middle of the largest tensor's data in a torch checkpoint (a zip
+    of stored, uncompressed entries): the file still loads as a checkpoint."""
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(checkpoint.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)  # local header
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    for k in range(count):
+        raw[start + k] ^= 0x5A
+    checkpoint.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("spec", ["ae95:epochs=1", "factorized:epochs=1", "ar:width=16:epochs=1",
+                                  "ar-lossy:width=16:epochs=1"])
+def test_a_damaged_checkpoint_is_named_retrained_and_gives_the_same_psnr(spec, mnist5k, tmp_path):
+    """Through the harness: a run, bytes flipped inside a tensor of the cached model, a second
+    run. The second prints one line naming the file, retrains, and measures what the first did."""
+    from bench.data import Dataset, Split
+    from bench.registry import parse_specs
+    from bench.runner import run
+
+    small = Dataset("mnist-5k", Split(mnist5k.train.images[:300], mnist5k.train.labels[:300]),
+                    mnist5k.validation, Split(mnist5k.test.images[:100], mnist5k.test.labels[:100]),
+                    mnist5k.classes, "300 training digits")
+
+    def measure(messages):
+        result = run(parse_specs(spec), small, ["cpu"], rounds=3, warmup=0, cache_dir=tmp_path,
+                     threads=1, tsne_families=(), progress=False, log=messages.append)
+        assert not result.meta["failed_jobs"], result.meta["failed_jobs"]
+        return result.summary.set_index("codec").iloc[0][["psnr_db", "bytes_mean"]].tolist()
+
+    first = measure([])
+    (checkpoint,) = tmp_path.glob("*.pt")
+    flip_inside_a_tensor(checkpoint)
+    messages = []
+    assert measure(messages) == first
+    assert len(messages) == 1 and str(checkpoint) in messages[0] and "digest" in messages[0], messages

@@ -168,28 +168,6 @@ def test_class_extremes():
     assert (row["best_class"], row["worst_class"]) == ("1", "2")
 
 
-def test_tsne_points_are_seeded_and_labelled():
-    rng = np.random.default_rng(0)
-    originals = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8)
-    labels = np.arange(60) % 3
-    recon = {"ae95": originals // 2}
-    a = analysis.tsne_points(originals, labels, recon)
-    b = analysis.tsne_points(originals, labels, recon)
-    assert len(a) == 120 and set(a["kind"]) == {"original", "reconstruction"}
-    np.testing.assert_allclose(a[["x", "y"]], b[["x", "y"]])
-
-
-def test_tsne_embeds_all_codecs_jointly_around_shared_originals():
-    rng = np.random.default_rng(0)
-    originals = rng.integers(0, 256, (900, 8, 8), dtype=np.uint8)
-    recon = {f"ae{i}": originals // (i + 2) for i in range(4)}
-    pts = analysis.tsne_points(originals, np.zeros(900, int), recon)
-    assert len(pts) == 1000  # about 1,000 points whatever the number of codecs
-    assert (pts["kind"] == "original").sum() == 200
-    assert pts.groupby("codec").size().to_dict() == {"": 200, "ae0": 200, "ae1": 200, "ae2": 200,
-                                                     "ae3": 200}
-
-
 def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
     from bench.literature import PUBLISHED_LOSSLESS_MNIST
     from bench.report_quality import lossless as _lossless
