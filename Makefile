@@ -16,8 +16,9 @@ $(VENV)/.installed-run: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+# The tests also install the worked plugin example, to run it like any third-party codec.
+$(VENV)/.installed-test: pyproject.toml examples/linear-plugin/pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]' -e examples/linear-plugin
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -36,7 +37,7 @@ bench-compare: $(VENV)/.installed-test
 		--benchmark-compare --benchmark-compare-fail=median:25% $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check bench bench_codecs tests
+	$(PY) -m ruff check bench bench_codecs tests examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis .ruff_cache *.egg-info

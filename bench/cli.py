@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=(
         "Benchmark learned autoencoder codecs against classical image codecs: bytes, quality "
         "per class, encode/decode speed on CPU and GPU."))
-    sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,train,report}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,train,report,fuzz}")
 
     sub.add_parser("list", help="list every codec: lossless or lossy, devices, parameters")
 
@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render report.md and plots from a run folder")
     rep.add_argument("run_dir", type=Path)
+
+    fz = sub.add_parser("fuzz", help="decode hostile payloads with each codec (plugins too) and "
+                        "count what it refuses and what it lets through")
+    fz.add_argument("--codecs", required=True, help="comma-separated specs, e.g. 'linear,jpeg'")
+    fz.add_argument("--payloads", type=int, default=2000, help="hostile payloads per codec "
+                    "(default 2000)")
+    fz.add_argument("--seed", type=int, default=0, help="the payloads' seed (default 0)")
+    data_args(fz)
     return p
 
 
@@ -98,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        return {"list": cmd_list, "run": cmd_run, "train": cmd_train,
-                "report": cmd_report}[args.command](args, argv)
+        return {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report,
+                "fuzz": cmd_fuzz}[args.command](args, argv)
     except BenchError as exc:
         _log(f"bench: error: {exc}")
         return 2
@@ -116,9 +124,9 @@ def cmd_list(args, argv) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reg = default_registry()
+        codecs = reg.codecs  # plugins imported: their facts are on their classes
     rows = []
-    for name in reg.names():
-        info = reg.codecs[name]
+    for name, info in sorted(codecs.items()):
         params = " ".join(f"{p.name}={_show(p.default)}" for p in info.params if p.name != "latent")
         rows.append((name, "lossless" if info.lossless else "lossy", ",".join(info.devices),
                      params, info.description + ("" if info.origin == "built-in" else f" [{info.origin}]"),
@@ -352,3 +360,29 @@ def cmd_report(args, argv) -> int:
     result = results.load(args.run_dir)
     print(f"report: {render(result, args.run_dir)}")
     return 0
+
+
+def cmd_fuzz(args, argv) -> int:
+    """Each codec fitted on the training split (learned ones from the cache), four test images
+    encoded, then hostile payloads made from them and from the other codecs' (bench.fuzz)."""
+    from bench.codec import TrainingData
+    from bench.data import load_dataset
+    from bench.fuzz import fuzz_decoder, markdown_table
+
+    for name, minimum in (("payloads", 1), ("epochs", 1), ("threads", 1)):
+        _positive(name, getattr(args, name), minimum)
+    specs = _specs(args)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir, log=_log,
+                        threads=args.threads or os.cpu_count() or 1)
+    sample = dataset.test.images[:4]
+    codecs = {s.canonical: s.build().fit(data) for s in specs}
+    valid = {name: list(codec.encode(sample)) for name, codec in codecs.items()}
+    reports = [fuzz_decoder(codec, valid[name], [p for o, ps in valid.items() if o != name for p in ps],
+                            sample.shape[1:], count=args.payloads, seed=args.seed)
+               for name, codec in codecs.items()]
+    print(markdown_table(reports))
+    broken = [r.codec for r in reports if r.crashes or r.hangs or r.wrong_shape]
+    if broken:
+        _log(f"bench: {', '.join(broken)} crashed, hung or returned another shape (see the table)")
+    return 1 if broken else 0

@@ -205,14 +205,16 @@ def assert_decoder_robust(report: FuzzReport, size_flips_ok: bool = False) -> No
 
 def markdown_table(reports: Sequence[FuzzReport]) -> str:
     """What each decoder refused and accepted, per kind of hostile payload, as a Markdown table."""
-    columns = [("truncated", "accepted"), ("bitflip", "accepted"), ("bitflip", "altered"),
-               ("extended", "accepted"), ("random", "accepted"), ("foreign", "accepted")]
-    header = ("| codec | payloads | refused | truncations accepted | bit flips accepted | "
-              "bit flips to other pixels | appended junk accepted | random accepted | "
-              "foreign accepted | resized |")
+    columns = [("truncated", "accepted"), ("truncated", "altered"), ("bitflip", "accepted"),
+               ("bitflip", "altered"), ("extended", "accepted"), ("extended", "altered"),
+               ("random", "accepted"), ("foreign", "accepted")]
+    header = ("| codec | payloads | refused | truncations accepted | of them other pixels | "
+              "bit flips accepted | of them other pixels | appended junk accepted | "
+              "of them other pixels | random accepted | foreign accepted | resized |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in reports:
-        cells = [f"{r.count(outcome, kind)}/{r.tried(kind)}" if r.tried(kind) else "–"
+        cells = [(f"{r.count(outcome, kind)}" if outcome == "altered" else
+                  f"{r.count(outcome, kind)}/{r.tried(kind)}") if r.tried(kind) else "–"
                  for kind, outcome in columns]
         rows.append(f"| {r.codec} | {r.tried()} | {r.refused} | " + " | ".join(cells)
                     + f" | {r.resized} |")

@@ -233,7 +233,7 @@ class LearnedCodec(Codec):
         key = self.cache_key(data)
         path = Path(data.cache_dir or default_cache_dir()) / f"{self.checkpoint_prefix}-{key}.pt"
         self.checkpoint = path
-        self.model = self._load(path, key, shape, data.log) if path.exists() else None
+        self.model = self._load(path, key, shape, data) if path.exists() else None
         self.trained_now = self.model is None
         if self.model is None:
             torch.manual_seed(self.seed)
@@ -248,23 +248,26 @@ class LearnedCodec(Codec):
             except OSError as exc:
                 data.log(f"cannot write the model cache {path.parent} ({exc.strerror or exc}); "
                          "the trained model is used for this run only (set --cache-dir)")
-        self.prepare(data)
+            self.prepare(data)
         return self
 
-    def _load(self, path: Path, key: str, shape, log) -> nn.Module | None:
+    def _load(self, path: Path, key: str, shape, data: TrainingData) -> nn.Module | None:
+        """The cached model, prepared, or None (and one line saying why) when the file is
+        unreadable, damaged, foreign, or holds a model that `prepare` refuses."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("key") != key:
                 raise ValueError("its key does not match its file name")
             if state.get("digest") != tensors_digest(state["model"]):
                 raise ValueError("its tensors do not match their digest: the file was damaged")
-            model = self.build_model(shape)
-            model.load_state_dict(state["model"])
+            self.model = self.build_model(shape)
+            self.model.load_state_dict(state["model"])
             self.history = History(**state["history"])
+            self.prepare(data)
         except Exception as exc:  # any unreadable file is retrained, never trusted
-            log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
+            data.log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
             return None
-        return model
+        return self.model
 
     def require_model(self) -> nn.Module:
         if self.model is None:

@@ -68,32 +68,43 @@ def _fmt(value: Any) -> str:
 
 
 class Registry:
+    """Built-ins from their table; plugins from their entry points, imported when first used (a
+    name they claim twice is a problem at once), so a run of built-ins imports no plugin."""
+
     def __init__(self, builtins: Iterable[CodecInfo], plugins: Iterable[Any] = ()):
-        self.codecs: dict[str, CodecInfo] = {}
+        self._loaded: dict[str, CodecInfo] = {info.name: info for info in builtins}
+        self._pending: dict[str, Any] = {}  # plugin name -> its entry point, not imported yet
         self.problems: dict[str, str] = {}  # name -> why it is unavailable
-        for info in builtins:
-            self.codecs[info.name] = info
         for ep in plugins:
             self._add_plugin(ep)
 
+    @staticmethod
+    def _origin(ep: Any) -> str:
+        return f"plugin {ep.value}" + (f" ({ep.dist.name})" if getattr(ep, "dist", None) else "")
+
     def _add_plugin(self, ep: Any) -> None:
-        origin = f"plugin {ep.value}" + (f" ({ep.dist.name})" if getattr(ep, "dist", None) else "")
-        if ep.name in self.codecs:
-            clash = self.codecs.pop(ep.name)
-            self.problems[ep.name] = (
-                f"codec name {ep.name!r} is claimed twice: by {clash.origin} and by {origin}; "
-                "uninstall or rename one of them"
-            )
-            warnings.warn(self.problems[ep.name], stacklevel=2)
-            return
         if ep.name in self.problems:
             return
+        if ep.name in self._loaded or ep.name in self._pending:
+            clash = self._loaded.pop(ep.name, None)
+            first = clash.origin if clash is not None else self._origin(self._pending.pop(ep.name))
+            self.problems[ep.name] = (
+                f"codec name {ep.name!r} is claimed twice: by {first} and by {self._origin(ep)}; "
+                "uninstall or rename one of them"
+            )
+            warnings.warn(self.problems[ep.name], stacklevel=3)
+            return
+        self._pending[ep.name] = ep
+
+    def _load(self, name: str) -> None:
+        ep = self._pending.pop(name)
+        origin = self._origin(ep)
         try:
             factory = ep.load()
             if not (isinstance(factory, type) and issubclass(factory, Codec)):
                 raise TypeError(f"{ep.value} is not a subclass of bench.Codec")
-            info = CodecInfo(
-                name=ep.name,
+            self._loaded[name] = CodecInfo(
+                name=name,
                 factory=factory,
                 lossless=bool(factory.lossless),
                 description=str(factory.description),
@@ -105,17 +116,24 @@ class Registry:
                 sweep=factory.sweep,
             )
         except Exception as exc:  # a broken plugin must not take the others down
-            self.problems[ep.name] = f"codec plugin {ep.name!r} from {origin} failed to load: {exc!r}"
-            warnings.warn(self.problems[ep.name], stacklevel=2)
-            return
-        self.codecs[ep.name] = info
+            self.problems[name] = f"codec plugin {name!r} from {origin} failed to load: {exc!r}"
+            warnings.warn(self.problems[name], stacklevel=3)
+
+    @property
+    def codecs(self) -> dict[str, CodecInfo]:
+        """Every available codec, plugins imported."""
+        for name in list(self._pending):
+            self._load(name)
+        return self._loaded
 
     def names(self) -> list[str]:
-        return sorted(self.codecs)
+        return sorted({*self._loaded, *self._pending})
 
     def info(self, name: str) -> CodecInfo:
-        if name in self.codecs:
-            return self.codecs[name]
+        if name in self._pending:
+            self._load(name)
+        if name in self._loaded:
+            return self._loaded[name]
         if name in self.problems:
             raise UnknownCodecError(self.problems[name])
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)

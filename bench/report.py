@@ -71,8 +71,14 @@ def _header(r: RunResult) -> str:
         f"{env.get('ram_gib', '?')} GiB; {env.get('platform', '')}; devices measured: "
         f"{', '.join(m['devices'])}",
         "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- **Created:** {env.get('created', 'n/a')}",
     ]
+    if env.get("plugins"):
+        lines.append("- **Codec plugins installed:** " + "; ".join(
+            f"`{name}` from {p.get('distribution', p['entry_point'])} {p.get('version', '')}".rstrip()
+            + (" (requires " + ", ".join(f"{k} {v}" for k, v in p["requires"].items()) + ")"
+               if p.get("requires") else "")
+            for name, p in env["plugins"].items()))
+    lines.append(f"- **Created:** {env.get('created', 'n/a')}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +51,29 @@ VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn",
              "pillow", "torch", "torchvision", "matplotlib", "constriction", "bjontegaard", "zstandard")
 
 
+def plugins() -> dict[str, dict]:
+    """Each installed codec plugin: its distribution, version, and the versions of what it
+    requires, so that a plugin's results can be traced to its code."""
+    from bench.registry import ENTRY_POINT_GROUP
+
+    out = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        if dist is None:
+            out[ep.name] = {"entry_point": ep.value}
+            continue
+        requires = {}
+        for req in dist.requires or []:
+            name = re.match(r"[A-Za-z0-9_.-]+", req).group()
+            try:
+                requires[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                requires[name] = "not installed"
+        out[ep.name] = {"entry_point": ep.value, "distribution": dist.name,
+                        "version": dist.version, "requires": requires}
+    return out
+
+
 def environment() -> dict:
     versions = {}
     for dist in VERSIONED:
@@ -72,6 +96,7 @@ def environment() -> dict:
         "cores": os.cpu_count(),
         "ram_gib": round(total_ram / 2**30, 1),
         "versions": versions,
+        "plugins": plugins(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

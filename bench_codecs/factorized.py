@@ -91,6 +91,7 @@ class FactorizedCodec(LearnedCodec):
     def prepare(self, data: TrainingData) -> None:
         super().prepare(data)
         model = self.require_model()
+        model.tables.check(TABLES["search"])  # raises for unusable tables: the model is retrained
         self.analysis, self.synthesis = inference_forms(model)
         # Bound to what a decoder receives: the synthesis weights and the tables.
         sent = [t for m in self.decoder_modules() for t in m.state_dict().values()]

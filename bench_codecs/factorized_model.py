@@ -134,11 +134,6 @@ class FactorizedPrior(nn.Module):
             self.table_freq = torch.empty_like(freq, dtype=torch.int32)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict, assign)
-        self.tables.check(TABLES["search"])  # raises: the codec then retrains
-        return result
-
 
 def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, lam: float,
           epochs: int, seed: int, progress: bool = True) -> History:

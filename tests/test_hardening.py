@@ -24,21 +24,23 @@ SHARED = ["jpeg:shared_header=1", "png:shared_header=1", "avif:shared_header=1",
 CPU_CODECS = ["raw", "jpeg", "png", "webp", "webp-lossless", "jpegxl", "jpegxl-lossless",
               "avif", "avif-lossless", "jpeg2000", "jpeg2000-lossless", "jpegls", "jpegls-near",
               "zlib", "lzma", "zstd", "brotli", *SHARED, "ae95", "pca95", "ar", "ar-lossy",
-              "factorized"]
+              "factorized", "linear"]  # linear: the worked plugin example, which make test installs
 # Learned codecs are fuzzed with small models: what is fuzzed is the decoder, not the model.
 FIT_AS = {"ae95": "ae95:epochs=1", "ar": "ar:width=16:epochs=1",
-          "ar-lossy": "ar-lossy:width=16:epochs=1", "factorized": "factorized:epochs=1"}
+          "ar-lossy": "ar-lossy:width=16:epochs=1", "factorized": "factorized:epochs=1",
+          "linear": "linear:epochs=1"}
 # The ar decoders run 784 sequential steps per payload (about 40-80 ms for one image on this 2-core
-# machine) when the header byte lets a payload through: fewer cases, about 10 s per codec.
+# machine): fewer cases, about 10 s per codec.
 FUZZ_CAP = {"ar": 200, "ar-lossy": 200}
+# Entropy-coded learned codecs: the check symbol lets 1 in 16 damaged streams through.
+ENTROPY_CODED = ["ar", "ar-lossy", "factorized", "linear"]
 LOSSLESS = ["raw", "png", "webp-lossless", "jpegxl-lossless", "avif-lossless",
             "jpeg2000-lossless", "jpegls", "zlib", "lzma", "zstd", "brotli",
             "png:shared_header=1", "jpegls:shared_header=1"]
 LOSSY = ["jpeg", "webp", "jpegxl", "avif", "jpeg2000", "jpegls-near", "jpeg:shared_header=1",
          "avif:shared_header=1", "jpeg2000:shared_header=1", "ae95", "pca95", "ar-lossy",
-         "factorized"]
-# Formats in which every byte string of the right length is a valid payload. (A range-coder
-# stream has no end marker either: most byte strings decode to some image; see factorized.py.)
+         "factorized", "linear"]
+# Formats in which every byte string of the right length is a valid payload.
 ANY_BYTES_VALID = ["raw", "ae95", "pca95"]
 # JPEG, WebP and JPEG XL state the image size once, with no checksum: a bit flip there is a valid
 # file of another size. (Shared-header variants send the size once, as side information.)
@@ -70,6 +72,11 @@ def test_decode_survives_hostile_payloads(name, fitted):
     assert_decoder_robust(report, size_flips_ok=name in SIZE_UNCHECKED)
     if name in ANY_BYTES_VALID:  # only the right length decodes
         assert report.count("accepted", "truncated") == report.count("accepted", "extended") == 0
+    if name in ENTROPY_CODED:  # 1 in 16 expected: bounded 4 standard deviations above
+        for kinds in (("truncated", "bitflip", "extended"), ("random",)):
+            tried = sum(report.tried(k) for k in kinds)
+            passed = report.altered if kinds[0] == "truncated" else report.count("accepted", "random")
+            assert passed <= tried / 16 + 4 * (tried / 16) ** 0.5 + 2, (kinds, passed, tried)
 
 
 class Toy(Codec):
