@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from bench.codec import PayloadError, Payloads
+from bench.codec import MAX_SIDE, PayloadError
 
 _constriction = None
 _categorical = None
@@ -151,6 +151,20 @@ def decode_each(decoders: list, probs: Sequence[np.ndarray], codec: str,
     return np.concatenate(got)
 
 
+def read_streams(payloads: Iterable[bytes], codec: str, tag: int, read: Callable) -> list:
+    """`read(decoder)` on each payload's stream, then its end checked (`check_end`); anything the
+    coder or `read` refuses is a PayloadError naming the payload."""
+    out = []
+    for i, data in enumerate(payloads):
+        if not data:
+            raise PayloadError(f"{codec}: payload {i} is empty")
+        dec = decoder(data)
+        with refusing(codec, i):
+            out.append(read(dec))
+            check_end(dec, data, tag, codec, i)
+    return out
+
+
 @contextmanager
 def refusing(codec: str, index: int | Callable[[], int]) -> Iterator[None]:
     """Whatever the coder raises inside (constriction refuses some corrupt streams) becomes a
@@ -222,12 +236,11 @@ MAX_ESCAPE_BITS = 32  # escape codes carry d + 1 in at most this many bits
 
 
 class TableCoder:
-    """Codes (N, rows) int32 vectors under fixed integer `Tables`: one stream per vector, one
-    symbol per row in a fixed order, then the value of every escaped row (side bit, bit length,
-    raw bits: any int32 is representable, nothing is clipped), then the check symbol `tag`."""
+    """Codes int32 vectors of `rows` values under fixed integer `Tables`, inside a stream the
+    caller begins and ends: one symbol per row in a fixed order, then the value of every escaped
+    row (side bit, bit length, raw bits: any int32 is representable, nothing is clipped)."""
 
-    def __init__(self, tables: Tables, tag: int):
-        self.tag = tag
+    def __init__(self, tables: Tables):
         models = stream().model
         self.lo, self.size = tables.lo.astype(np.int64), tables.size.astype(np.int64)
         self.hi = self.lo + self.size - 2  # the last regular value; symbol size-1 is the escape
@@ -294,8 +307,9 @@ class TableCoder:
             raise PayloadError(f"escaped value {v} outside int32")
         return v
 
-    def encode(self, q: np.ndarray) -> list[bytes]:
-        """(N, rows) int32 -> one stream per row of q."""
+    def encode(self, q: np.ndarray, end: Callable, begin: Callable = lambda enc: None) -> list[bytes]:
+        """(N, rows) int32 -> one stream per vector: `begin(encoder)` writes what comes first
+        (a size, say), `end(encoder)` finishes the stream (`end_stream` with the model's tag)."""
         sym = q - self.lo
         escaped = (sym < 0) | (sym > self.hi - self.lo)
         sym = np.where(escaped, self.escape, sym).astype(np.int32)
@@ -304,6 +318,7 @@ class TableCoder:
         out = []
         for i in range(len(q)):
             row, enc = flat[i], encoder()
+            begin(enc)
             for a, b, model, probs in self.groups:
                 if probs is None:
                     enc.encode(row[a:b], model)
@@ -313,37 +328,40 @@ class TableCoder:
                 for r in np.flatnonzero(escaped[i]):
                     for s, model in self._escape_symbols(int(q[i, r]), r):
                         enc.encode(s, model)
-            out.append(end_stream(enc, self.tag))
+            out.append(end(enc))
         return out
 
-    def decode(self, payloads: Payloads, codec: str) -> np.ndarray:
-        """One stream per payload -> (N, rows) int32."""
-        buffer, offsets = payloads.buffer, payloads.offsets
-        n, rows = len(payloads), len(self.size)
-        sorted_sym = np.empty((n, rows), np.int32)
-        decoders = []
-        for i in range(n):
-            data = buffer[offsets[i] : offsets[i + 1]]
-            if len(data) == 0:
-                raise PayloadError(f"{codec}: payload {i} is empty")
-            dec = decoder(data)
-            row = sorted_sym[i]
-            with refusing(codec, i):
-                for a, b, model, probs in self.groups:
-                    row[a:b] = dec.decode(model, b - a) if probs is None else dec.decode(model, probs)
-            decoders.append(dec)
-        sym = np.empty_like(sorted_sym)
-        sym[:, self.order] = sorted_sym
-        # Padding symbols of a width bucket decode only from a corrupt stream.
-        bad = sym > self.escape
-        if bad.any():
-            raise PayloadError(f"{codec}: payload {int(np.flatnonzero(bad.any(1))[0])} is corrupt "
-                               "(a symbol outside its table)")
+    def read(self, dec) -> np.ndarray:
+        """One vector from a stream positioned at its first symbol; what no encoder writes (a
+        padding symbol of a width bucket, an escape beyond int32) is a PayloadError."""
+        row = np.empty(len(self.size), np.int32)
+        for a, b, model, probs in self.groups:
+            row[a:b] = dec.decode(model, b - a) if probs is None else dec.decode(model, probs)
+        sym = np.empty_like(row)
+        sym[self.order] = row
+        if (sym > self.escape).any():
+            raise PayloadError("a symbol outside its table")
         q = sym + self.lo.astype(np.int32)
-        hits = sym == self.escape
-        for i in range(n):
-            with refusing(codec, i):
-                for r in np.flatnonzero(hits[i]):  # escape values follow the regular symbols
-                    q[i, r] = self._decode_escape(decoders[i], r)
-                check_end(decoders[i], buffer[offsets[i] : offsets[i + 1]], self.tag, codec, i)
+        for r in np.flatnonzero(sym == self.escape):  # escape values follow the regular symbols
+            q[r] = self._decode_escape(dec, r)
         return q
+
+
+# -- image sizes ----------------------------------------------------------------------------------
+
+def encode_size(enc, shape: tuple[int, int], default: tuple[int, int]) -> None:
+    """An image's size at the start of its stream: one bit when it is `default` (the size the
+    model was trained on), else 1 + 2 x 10 bits (sides 1 .. MAX_SIDE)."""
+    models = stream().model
+    same = tuple(shape) == tuple(default)
+    enc.encode(0 if same else 1, models.Uniform(2))
+    if not same:
+        for side in shape:
+            enc.encode(int(side) - 1, models.Uniform(MAX_SIDE))
+
+
+def decode_size(dec, default: tuple[int, int]) -> tuple[int, int]:
+    models = stream().model
+    if int(dec.decode(models.Uniform(2))) == 0:
+        return tuple(default)
+    return tuple(int(dec.decode(models.Uniform(MAX_SIDE))) + 1 for _ in range(2))

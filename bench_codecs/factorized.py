@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bench import entropy
-from bench.codec import CodecError, Payloads, TrainingData, check_images, payloads_to_decode
+from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
 from bench.learned import History, LearnedCodec, host_tensor
 from bench_codecs import FACTORIZED_LAMBDAS
 from bench_codecs.factorized_model import (
@@ -96,8 +96,8 @@ class FactorizedCodec(LearnedCodec):
         # Bound to what a decoder receives: the synthesis weights and the tables.
         sent = [t for m in self.decoder_modules() for t in m.state_dict().values()]
         sent += [model.table_lo, model.table_size, model.table_freq]
-        tag = entropy.model_tag(*(t.detach().cpu().contiguous().numpy().tobytes() for t in sent))
-        self.coder = entropy.TableCoder(model.tables, tag)
+        self.tag = entropy.model_tag(*(t.detach().cpu().contiguous().numpy().tobytes() for t in sent))
+        self.coder = entropy.TableCoder(model.tables)
 
     # -- coding ----------------------------------------------------------------------------------
 
@@ -129,11 +129,27 @@ class FactorizedCodec(LearnedCodec):
     def encode(self, images: np.ndarray) -> Payloads:
         model = self.require_model()
         images = check_images(images, trained=model.shape, codec=self.name)
-        return Payloads.from_list(self.coder.encode(self.latents(images)))
+        return Payloads.from_list(self.coder.encode(
+            self.latents(images), end=lambda enc: entropy.end_stream(enc, self.tag),
+            begin=lambda enc: entropy.encode_size(enc, model.shape, model.shape)))
+
+    def decode_latents(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
+        """Payloads -> the quantised latents they carry, (N, rows) int32."""
+        model = self.require_model()
+
+        def read(dec) -> np.ndarray:
+            shape = entropy.decode_size(dec, model.shape)
+            if shape != model.shape:
+                raise PayloadError(f"a {shape[0]}x{shape[1]} image; this model codes "
+                                   f"{model.shape[0]}x{model.shape[1]}")
+            return self.coder.read(dec)
+
+        rows = entropy.read_streams(payloads_to_decode(payloads, self.name), self.name, self.tag, read)
+        return np.stack(rows)
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         model = self.require_model()
-        q = self.coder.decode(payloads_to_decode(payloads, self.name), self.name)
+        q = self.decode_latents(payloads)
         z = torch.from_numpy(q).float().reshape(len(q), *model.latent_shape)
         x = self._chunked(self.synthesis, z, (1, *model.shape))
         return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8).squeeze(1).numpy()

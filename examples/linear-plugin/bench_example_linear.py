@@ -118,7 +118,8 @@ class LinearCodec(LearnedCodec):
         model = self.require_model()
         model.integer_tables().check(TABLES["search"])  # raises for unusable tables: retrained
         sent = [t.numpy().tobytes() for m in self.decoder_modules() for t in m.state_dict().values()]
-        self.coder = entropy.TableCoder(model.integer_tables(), entropy.model_tag(*sent))
+        self.tag = entropy.model_tag(*sent)  # so that another model's payloads are refused
+        self.coder = entropy.TableCoder(model.integer_tables())
 
     def latents(self, images: np.ndarray) -> np.ndarray:
         model = self.require_model()
@@ -128,11 +129,13 @@ class LinearCodec(LearnedCodec):
         return torch.round(y).clamp(-2**30, 2**30).to(torch.int32).numpy()
 
     def encode(self, images: np.ndarray) -> Payloads:
-        return Payloads.from_list(self.coder.encode(self.latents(images)))
+        return Payloads.from_list(self.coder.encode(
+            self.latents(images), end=lambda enc: entropy.end_stream(enc, self.tag)))
 
     def decode(self, payloads) -> np.ndarray:
         model = self.require_model()
-        q = self.coder.decode(payloads_to_decode(payloads, self.name), self.name)
+        q = np.stack(entropy.read_streams(payloads_to_decode(payloads, self.name), self.name,
+                                          self.tag, self.coder.read))
         with self.inference():
             x = model.synthesis(torch.from_numpy(q).float() * self.step)
         return x.clamp(0, 1).mul(255).round().to(torch.uint8).reshape(len(q), *model.shape).numpy()
