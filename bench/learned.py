@@ -11,6 +11,8 @@ import hashlib
 import importlib
 import json
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,6 +62,19 @@ def host_tensor(array: np.ndarray) -> torch.Tensor:
     """A numpy array as a CPU tensor, sharing memory when it can; a read-only array (payloads from
     bytes) is copied once."""
     return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+MIN_PART = 128  # images per worker process below which splitting a batch costs more than it saves
+
+
+def in_processes(fn: Callable, parts: list[tuple]) -> list:
+    """[fn(*part) for part in parts], each part in a worker process of joblib's reusable loky pool
+    (processes start once per run), concurrently."""
+    if len(parts) == 1:
+        return [fn(*parts[0])]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=len(parts))(delayed(fn)(*part) for part in parts)
 
 
 @contextmanager
@@ -153,6 +168,10 @@ class LearnedCodec(Codec):
     # weights, depend on them). None: the run's count (--threads).
     train_threads: int | None = None
     inference_threads: int | None = None
+    # CPU worker processes that encode and decode split a large batch between (`in_processes`); a
+    # codec that supports it sets this to None (one per core), a test to 1. Within a worker
+    # process (a parallel run's job) it is always 1.
+    inference_processes: int | None = 1
 
     def __init__(self, epochs: int, seed: int = 0, device: str = "cpu"):
         self.epochs, self.seed, self.device = epochs, seed, device
@@ -199,6 +218,12 @@ class LearnedCodec(Codec):
     def threads(self, training: bool = False) -> int | None:
         fixed = self.train_threads if training else self.inference_threads
         return fixed or self.run_threads
+
+    def processes(self, images: int) -> int:
+        """How many processes code a batch of `images` on the CPU."""
+        if self.device != "cpu" or multiprocessing.parent_process() is not None:
+            return 1
+        return max(1, min(self.inference_processes or os.cpu_count() or 1, images // MIN_PART))
 
     @contextmanager
     def inference(self) -> Iterator[None]:

@@ -1,14 +1,18 @@
 """`ar` (lossless) and `ar-lossy` (pixels quantised to a few levels): a small autoregressive
 model over each pixel's causal neighbourhood (bench_codecs.ar_model), run as an integer network
-(bench_codecs.ar_integer), and a real range-coded stream per image (bench.entropy).
+(bench_codecs.ar_integer), and a real range-coded stream per image (bench.entropy), for images of
+any size.
 
-Payload: the range coder's stream alone, ended as bench.entropy ends every stream: with the 4-bit
-check symbol of the decoder's network and level count, so that a payload of another model or
-level count is refused 15 times in 16, and so is most damage.
+Payload: one range-coder stream. It begins with the image size (one bit at the size the model was
+trained on), then each wavefront step's symbols (bench_codecs.ar_model: every pixel's coarse symbol,
+then, lossless, the fine symbols of the step's pixels that are not 0), and ends as bench.entropy
+ends every stream: with the 4-bit check symbol of the decoder's network and level count, so that a
+payload of another model or level count is refused 15 times in 16, and so is most damage.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,28 +21,21 @@ from torch import nn
 
 from bench import entropy
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
-from bench.learned import History, LearnedCodec, host_tensor
+from bench.learned import History, LearnedCodec, host_tensor, in_processes
 from bench_codecs import AR_LOSSY_LEVELS
 from bench_codecs.ar_integer import IntInference, IntNet
 from bench_codecs.ar_model import (
     ARCH_VERSION,
-    CONTEXT,
+    BINS,
     HALF,
     LEVELS,
-    N_CTX,
     NC,
     NF,
-    PAD_SIZE,
-    PAD_W,
-    PIXEL_AT,
-    PIXEL_BASE,
     RECIPE,
     ROWS,
     ARNet,
-    H,
-    P,
-    W,
-    padded,
+    Geometry,
+    geometry,
     quantiser,
     train,
 )
@@ -50,7 +47,6 @@ CHUNK = {"cpu": 8, "cuda": 4096}
 
 def _coarse_width(levels: int) -> int:
     return NC if levels == 256 else levels
-
 
 
 class ARCodec(LearnedCodec):
@@ -65,6 +61,9 @@ class ARCodec(LearnedCodec):
     # slower in the prototype).
     train_threads = 1
     inference_threads = 1
+    # Each process codes its part of a large batch with its own range coders: the coder's calls
+    # (one per image and wavefront step) hold Python's lock, so threads cannot share them.
+    inference_processes = None
     precision = "integer (int8 weights, uint8 activations; exact)"
     trained_levels: tuple[int, ...] = (256,)
 
@@ -78,13 +77,10 @@ class ARCodec(LearnedCodec):
         self._tensors: IntInference | None = None
 
     def hyperparameters(self) -> dict:
-        return {"arch": ARCH_VERSION, "recipe": RECIPE, "width": self.width,
+        return {"arch": ARCH_VERSION, "recipe": RECIPE, "width": self.width, "bins": BINS,
                 "levels": list(self.trained_levels), "context": [ROWS, HALF]}
 
     def build_model(self, shape) -> ARNet:
-        if tuple(shape) != (H, W):
-            raise CodecError(f"{self.name} models {H}x{W} images (its position biases); "
-                             f"the training images are {shape[0]}x{shape[1]}")
         return ARNet(self.width, self.trained_levels)
 
     def train_model(self, model: ARNet, data: TrainingData) -> History:
@@ -95,7 +91,7 @@ class ARCodec(LearnedCodec):
 
     def prepare(self, data: TrainingData) -> None:
         super().prepare(data)
-        self.set_network(IntNet.from_model(self.model).to_bytes())
+        self.set_network(IntNet.from_model(self.model, data.train.shape[1:]).to_bytes())
 
     def set_network(self, side_info: bytes) -> None:
         """Run on the network that the side information carries, as a receiver would."""
@@ -119,61 +115,81 @@ class ARCodec(LearnedCodec):
 
     # -- the encoder side ----------------------------------------------------------------
 
+    def _network(self, t: IntInference, ctx: torch.Tensor, bins: torch.Tensor, activations: bool):
+        """Coarse weights of each pixel (and its activations, when asked for), from its context
+        (n, 17) and position bin: the network for live contexts, the lookup for all-zero ones."""
+        mi = self.net.levels.index(self.levels)
+        a2_zero, cw_zero = t.zero_context(mi, _coarse_width(self.levels))
+        live = torch.nonzero(ctx.any(dim=1)).squeeze(1)
+        a2_live = t.hidden(ctx[live], t.b1[mi, bins[live]])
+        cw = cw_zero[bins]
+        cw[live] = t.coarse(a2_live, cw.shape[1])
+        if not activations:
+            return None, cw
+        a2 = a2_zero[bins]
+        a2[live] = a2_live
+        return a2, cw
+
     def _tables(self, images: np.ndarray):
         """Per chunk of images: (first image, probability weights (rows, K) float64, symbols
-        (rows,) int32, row offsets per image), rows in coding order: each pixel's coarse symbol,
-        then (lossless, pixel not 0) its fine symbol."""
+        (rows,) int32, row offsets per image), rows in coding order: each wavefront step's coarse
+        symbols, then (lossless) the fine symbols of its pixels that are not 0."""
         t = self._require_net()
-        dev, mi, lossless = t.device, self.net.levels.index(self.levels), self.levels == 256
+        dev, lossless = t.device, self.levels == 256
+        g = geometry(*images.shape[1:])
         q_of, rec_of = (torch.from_numpy(a).to(dev) for a in quantiser(self.levels))
-        a2_zero, cw_zero = t.zero_context(mi, _coarse_width(self.levels))
-        context, base = torch.from_numpy(CONTEXT).to(dev), torch.from_numpy(PIXEL_BASE).to(dev)
-        chunk = CHUNK[dev.type]
-        for s in range(0, len(images), chunk):
-            x = host_tensor(images[s:s + chunk]).to(dev).long()
-            n = len(x)
-            q = q_of[x].reshape(-1)
-            flat = padded(rec_of[q.view(n, H, W)].to(t.dtype))
-            ctx = flat[:, base[:, None] + context].reshape(n * P, N_CTX)
-            pos = torch.arange(P, device=dev).repeat(n)
-            live = torch.nonzero(ctx.any(dim=1)).squeeze(1)
-            a2 = a2_zero[pos]
-            a2[live] = t.hidden(ctx[live], t.b1[mi, pos[live]])
-            cw = cw_zero[pos]
-            cw[live] = t.coarse(a2[live], cw.shape[1])
+        where = torch.from_numpy(g.base[g.order, None] + g.context).to(dev)  # coding order
+        bins = torch.from_numpy(g.bins[g.order]).to(dev)
+        step = torch.from_numpy(np.repeat(np.arange(len(g.bounds) - 1), np.diff(g.bounds))).to(dev)
+        for s in range(0, len(images), CHUNK[dev.type]):
+            x = host_tensor(images[s:s + CHUNK[dev.type]]).to(dev).long()
+            n, P = len(x), g.pixels
+            q = q_of[x].reshape(n, P)[:, g.order].reshape(-1)
+            flat = g.padded(rec_of[q_of[x]].to(t.dtype))
+            ctx = flat[:, where].reshape(n * P, -1)
+            a2, cw = self._network(t, ctx, bins.repeat(n), lossless)
             # Fresh tensors, so C-contiguous: constriction silently misreads any other layout.
             if not lossless:
-                offsets = np.arange(n + 1) * P
-                yield s, cw.cpu().numpy(), q.int().cpu().numpy(), offsets
+                yield s, cw.cpu().numpy(), q.int().cpu().numpy(), np.arange(n + 1) * P
                 continue
-            nz = q != 0
-            nzi = torch.nonzero(nz).squeeze(1)
-            g = (q[nzi] - 1) // NF
-            row = torch.arange(n * P, device=dev) + torch.cumsum(nz, 0) - nz.long()  # coarse rows
-            tab = torch.empty((n * P + len(nzi), NC), dtype=torch.float64, device=dev)
-            sym = torch.empty(len(tab), dtype=torch.int32, device=dev)
-            tab[row] = cw
-            tab[row[nzi] + 1] = t.fine(a2[nzi], g, grouped=True)
-            sym[row] = torch.where(nz, 1 + (q - 1) // NF, 0).int()
-            sym[row[nzi] + 1] = ((q[nzi] - 1) % NF).int()
-            offsets = np.concatenate([[0], np.cumsum(P + nz.view(n, P).sum(1).cpu().numpy())])
-            yield s, tab.cpu().numpy(), sym.cpu().numpy(), offsets
+            nzi = torch.nonzero(q).squeeze(1)
+            # Each row's place: by image, step, coarse before fine, then pixel.
+            image = torch.arange(n * P, device=dev) // P
+            key = torch.cat([(image * len(g.bounds) + step.repeat(n)) * 2,
+                             (image[nzi] * len(g.bounds) + step.repeat(n)[nzi]) * 2 + 1])
+            order = torch.argsort(key * (n * P) + torch.cat([torch.arange(n * P, device=dev), nzi]),
+                                  stable=True)
+            tab = torch.cat([cw, t.fine(a2[nzi], (q[nzi] - 1) // NF, grouped=True)])[order]
+            sym = torch.cat([torch.where(q != 0, 1 + (q - 1) // NF, 0), (q[nzi] - 1) % NF])[order]
+            counts = P + (q != 0).view(n, P).sum(1).cpu().numpy()
+            yield s, tab.cpu().numpy(), sym.int().cpu().numpy(), np.concatenate([[0], np.cumsum(counts)])
 
     def encode(self, images: np.ndarray) -> Payloads:
         self._require_net()
-        images = check_images(images, trained=(H, W), codec=self.name)
+        images = check_images(images, codec=self.name)
+        parts = np.array_split(images, self.processes(len(images)))
+        if len(parts) > 1:
+            done = in_processes(_encode_part, [(*self._receiver_args(), part) for part in parts])
+            return Payloads.from_list([p for part in done for p in part])
+        return Payloads.from_list(self._encode(images))
+
+    def _encode(self, images: np.ndarray) -> list[bytes]:
+        shape = images.shape[1:]
         out = []
         with self.inference():
             for _, tab, sym, off in self._tables(images):
                 for i in range(len(off) - 1):
                     a, b = off[i], off[i + 1]
-                    out.append(entropy.encode_categorical(sym[a:b], tab[a:b], self.tag))
-        return Payloads.from_list(out)
+                    enc = entropy.encoder()
+                    entropy.encode_size(enc, shape, self.net.shape)
+                    enc.encode(sym[a:b], entropy.categorical(), tab[a:b])
+                    out.append(entropy.end_stream(enc, self.tag))
+        return out
 
     def model_bits(self, images: np.ndarray) -> np.ndarray:
-        """The integer model's code length per image (bits), the check symbol not included."""
+        """The integer model's code length per image (bits), size and check symbol not included."""
         self._require_net()
-        images = check_images(images, trained=(H, W), codec=self.name)
+        images = check_images(images, codec=self.name)
         bits = np.empty(len(images))
         with self.inference():
             for s, tab, sym, off in self._tables(images):
@@ -184,52 +200,85 @@ class ARCodec(LearnedCodec):
     # -- the decoder side ----------------------------------------------------------------
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
-        t = self._require_net()
+        self._require_net()
         streams = list(payloads_to_decode(payloads, self.name))
-        for i, stream in enumerate(streams):
-            if not stream:
-                raise PayloadError(f"{self.name}: payload {i} is empty")
-        with self.inference():
-            return self._decode(t, streams)
+        parts = np.array_split(np.arange(len(streams)), self.processes(len(streams)))
+        if len(parts) == 1:
+            return self._decode_streams(streams, 0)
+        done = in_processes(_decode_part, [(*self._receiver_args(), [streams[i] for i in part],
+                                            int(part[0])) for part in parts])
+        shapes = {d.shape[1:] for d in done}
+        if len(shapes) > 1:
+            raise PayloadError(f"{self.name}: the payloads decode to images of different sizes "
+                               f"{sorted(shapes)}; a batch shares one size")
+        return np.concatenate(done)
 
-    def _decode(self, t: IntInference, streams: list[bytes]) -> np.ndarray:
-        """Every image of the batch together, pixel by pixel: each step runs the network on all
-        images' contexts, then makes one constriction call per image (a C-level loop over
-        pre-bound methods and pre-made one-row views of one buffer), and, lossless, one more
-        per pixel that is not 0."""
-        n, dev, mi = len(streams), t.device, self.net.levels.index(self.levels)
-        k = _coarse_width(self.levels)
-        decoders = [entropy.decoder(s) for s in streams]
-        cbuf, fbuf = np.zeros((n, k)), np.zeros((n, NC))  # C-contiguous, as constriction needs
-        cviews, fviews = [cbuf[i:i + 1] for i in range(n)], [fbuf[i:i + 1] for i in range(n)]
-        cbuf_t, fbuf_t = torch.from_numpy(cbuf), torch.from_numpy(fbuf)
+    def _decode_streams(self, streams: list[bytes], first: int) -> np.ndarray:
+        """Decode here; payload i is named first + i in errors."""
+        t = self._require_net()
+        decoders, shape = [], None
+        for i, data in enumerate(streams, first):
+            if not data:
+                raise PayloadError(f"{self.name}: payload {i} is empty")
+            decoders.append(entropy.decoder(data))
+            with entropy.refusing(self.name, i):
+                size = entropy.decode_size(decoders[-1], self.net.shape)
+            if shape is not None and size != shape:
+                raise PayloadError(f"{self.name}: payload {i} is a {size[0]}x{size[1]} image, payload "
+                                   f"{first} a {shape[0]}x{shape[1]} one; a batch shares one size")
+            shape = size
+        with self.inference():
+            out = self._decode(t, decoders, geometry(*shape), first)
+        for i, (dec, data) in enumerate(zip(decoders, streams), first):
+            with entropy.refusing(self.name, i):
+                entropy.check_end(dec, data, self.tag, self.name, i)
+        return out
+
+    def _receiver_args(self) -> tuple:
+        """What a worker process needs to code as this codec does (see _receiver)."""
+        return type(self), self.name, self.width, self.levels, self.side_info
+
+    def _decode(self, t: IntInference, decoders: list, g: Geometry, first: int) -> np.ndarray:
+        """Every image of the batch together, wavefront step by step: each step runs the network
+        on all images' contexts of the step's pixels, then makes one constriction call per image
+        for their coarse symbols (a C-level loop over pre-made views of one buffer), and,
+        lossless, one more per image for the fine symbols of its pixels that are not 0."""
+        n, dev = len(decoders), t.device
+        k_max = int(np.diff(g.bounds).max())
+        coarse = np.zeros((n, k_max, _coarse_width(self.levels)))  # C-contiguous, for constriction
+        views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(np.diff(g.bounds))}
         rec_of = torch.from_numpy(quantiser(self.levels)[1]).to(dev, t.dtype)
-        x = torch.zeros((n, PAD_SIZE), dtype=t.dtype, device=dev)
-        where = torch.from_numpy(PIXEL_BASE[:, None] + CONTEXT).to(dev)  # (P, 17)
-        for p in range(P):
-            a2 = t.hidden(x[:, where[p]], t.b1[mi, p])
-            cbuf_t.copy_(t.coarse(a2, k))
-            sym = entropy.decode_each(decoders, cviews, self.name, range(n))
-            at = int(PIXEL_AT[p])
+        x = torch.zeros((n, g.pad_size), dtype=t.dtype, device=dev)
+        for idx in g.steps:
+            k = len(idx)
+            ctx = x[:, torch.from_numpy(g.base[idx, None] + g.context).to(dev)].reshape(n * k, -1)
+            bins = torch.from_numpy(g.bins[idx]).to(dev).repeat(n)
+            a2, cw = self._network(t, ctx, bins, self.levels == 256)
+            coarse[:, :k] = cw.view(n, k, -1).cpu().numpy()
+            sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
+            at = torch.from_numpy(g.at[idx]).to(dev)
             if self.levels != 256:
-                x[:, at] = rec_of[torch.from_numpy(sym).to(dev).long()]
+                x[:, at] = rec_of[torch.from_numpy(sym).to(dev).long()].view(n, k)
                 continue
-            nzi = np.flatnonzero(sym)
-            if len(nzi) == 0:
-                continue
-            g = torch.from_numpy(sym[nzi] - 1).to(dev).long()
-            fbuf_t[:len(nzi)].copy_(t.fine(a2[torch.from_numpy(nzi).to(dev)], g, grouped=False))
-            lo = entropy.decode_each([decoders[j] for j in nzi], fviews, self.name, nzi)
-            value = 1 + NF * (sym[nzi] - 1) + lo
-            bad = np.flatnonzero((lo >= NF) | (value > 255))
-            if len(bad):  # symbols of probability 0: only a corrupt stream decodes to them
-                raise PayloadError(f"{self.name}: payload {nzi[bad[0]]} is corrupt (pixel {p} "
-                                   "decodes to no 8-bit value)")
-            x[torch.from_numpy(nzi).to(dev), at] = torch.from_numpy(value).to(dev, t.dtype)
-        for i, (dec, stream) in enumerate(zip(decoders, streams)):
-            entropy.check_end(dec, stream, self.tag, self.name, i)
-        out = x.view(n, H + ROWS, PAD_W)[:, ROWS:, HALF:HALF + W]
-        return out.to(torch.uint8).cpu().numpy()
+            nz = np.flatnonzero(sym)
+            value = np.zeros(n * k, np.int64)
+            if len(nz):
+                fine = t.fine(a2[torch.from_numpy(nz).to(dev)], torch.from_numpy(sym[nz] - 1).to(dev).long(),
+                              grouped=False).cpu().numpy()
+                who = nz // k  # the images with fine symbols in this step, rows contiguous per image
+                starts = np.searchsorted(who, np.arange(n + 1))
+                has = np.flatnonzero(np.diff(starts))
+                lo = entropy.decode_each([decoders[i] for i in has],
+                                         [fine[starts[i]:starts[i + 1]] for i in has], self.name,
+                                         has + first)
+                value[nz] = 1 + NF * (sym[nz] - 1) + lo
+                bad = np.flatnonzero((lo >= NF) | (value[nz] > 255))
+                if len(bad):  # symbols of probability 0: only a corrupt stream decodes to them
+                    raise PayloadError(f"{self.name}: payload {first + who[bad[0]]} is corrupt (a pixel "
+                                       "decodes to no 8-bit value)")
+            x[:, at] = torch.from_numpy(value).to(dev, t.dtype).view(n, k)
+        h, w = g.shape
+        return x.view(n, h + ROWS, g.pad_w)[:, ROWS:, HALF:HALF + w].to(torch.uint8).cpu().numpy()
 
 
 class ARLossyCodec(ARCodec):
@@ -243,3 +292,27 @@ class ARLossyCodec(ARCodec):
                  device: str = "cpu"):
         super().__init__(width, epochs, seed, device)
         self.levels = levels
+
+
+# -- worker processes: a receiver per network, built from the side information -------------------
+
+_RECEIVERS: dict[tuple, ARCodec] = {}
+
+
+def _receiver(cls: type, name: str, width: int, levels: int, side_info: bytes) -> ARCodec:
+    key = (cls, name, width, levels, hashlib.sha256(side_info).digest())
+    if key not in _RECEIVERS:
+        codec = cls(width=width) if cls is ARCodec else cls(levels=levels, width=width)
+        codec.name = name
+        codec.set_network(side_info)
+        _RECEIVERS.clear()  # one network at a time: a run times one codec after another
+        _RECEIVERS[key] = codec
+    return _RECEIVERS[key]
+
+
+def _encode_part(cls, name, width, levels, side_info, images: np.ndarray) -> list[bytes]:
+    return _receiver(cls, name, width, levels, side_info)._encode(images)
+
+
+def _decode_part(cls, name, width, levels, side_info, streams: list[bytes], first: int) -> np.ndarray:
+    return _receiver(cls, name, width, levels, side_info)._decode_streams(streams, first)

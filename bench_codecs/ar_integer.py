@@ -22,8 +22,8 @@ import struct
 import numpy as np
 import torch
 
-from bench.codec import CodecError
-from bench_codecs.ar_model import LEVELS, N_CTX, NC, NF, NG, RECIPE, T_LOGIT, ARNet, H, P, W
+from bench.codec import MAX_SIDE, CodecError
+from bench_codecs.ar_model import BINS, LEVELS, N_CTX, NC, NF, NG, RECIPE, T_LOGIT, ARNet
 
 EXP_BITS = 20
 D_MAX = int(math.floor(T_LOGIT * math.log(2 ** (EXP_BITS + 1))))  # EXP[D_MAX] = 1
@@ -42,6 +42,7 @@ def _exp_table() -> np.ndarray:
 EXP_TABLE = _exp_table()
 MULT_BITS = 20
 EXACT_LIMIT = 2**24  # float32 represents every integer below it
+HEADER = "<4sHHHB"  # magic, width, the trained size (h, w), level count
 MAX_WIDTH = 256  # 256 * 127 * 255 < 2**23: the weights alone stay well inside EXACT_LIMIT
 
 
@@ -60,10 +61,11 @@ class IntNet:
 
     FIELDS = ("w1", "pos", "lvl", "k1", "w2", "b2", "k2", "wc", "bc", "kc", "wf", "bf", "kf")
     WEIGHTS = {"w1", "w2", "wc", "wf"}  # int8; the rest int32
-    MAGIC = b"ARN1"
+    MAGIC = b"ARN2"
 
-    def __init__(self, levels: tuple[int, ...], arrays: dict[str, np.ndarray]):
-        self.levels = tuple(levels)
+    def __init__(self, levels: tuple[int, ...], arrays: dict[str, np.ndarray],
+                 shape: tuple[int, int]):
+        self.levels, self.shape = tuple(levels), tuple(shape)  # shape: the size trained on
         self.a = {k: np.asarray(arrays[k], np.int64) for k in self.FIELDS if k in arrays}
         self.lossless = "wf" in self.a
         self.width = self.a["w1"].shape[1]
@@ -72,8 +74,8 @@ class IntNet:
     # -- export and the side information ----------------------------------------------------
 
     @classmethod
-    def from_model(cls, model: ARNet) -> IntNet:
-        """Quantise the (quantisation-aware trained) float model."""
+    def from_model(cls, model: ARNet, shape: tuple[int, int]) -> IntNet:
+        """Quantise the (quantisation-aware trained) float model, trained on images of `shape`."""
         s_in, s_a = 1.0 / 255.0, RECIPE["act_max"] / 255.0
 
         def weight(layer):
@@ -92,19 +94,19 @@ class IntNet:
              "kc": _dyadic(dc * s_a * T_LOGIT)}
         # Each bias table is rounded on its own and shipped as is; inference adds them exactly.
         scale = d1 * s_in
-        a["pos"] = np.concatenate([bias(model.row, scale), bias(model.col, scale),
-                                   bias(model.b1, scale)[None]])
+        a["pos"] = np.concatenate([bias(model.pos, scale), bias(model.b1, scale)[None]])
         a["lvl"] = bias(model.lvl, scale)
         if model.fine is not None:
             wf, df = weight(model.fine)
             a["wf"] = wf.reshape(-1, NG, NF).transpose(1, 0, 2)
             a["bf"] = bias(model.fine.bias, df * s_a).reshape(NG, NF)
             a["kf"] = _dyadic(df * s_a * T_LOGIT).reshape(NG, NF)
-        return cls(model.levels, a)
+        return cls(model.levels, a, shape)
 
     def to_bytes(self) -> bytes:
-        """The side information: a small header, int8 weights, int32 biases and multipliers."""
-        head = struct.pack("<4sHB", self.MAGIC, self.width, len(self.levels))
+        """The side information: a small header (the size trained on: a payload codes it in one
+        bit), int8 weights, int32 biases and multipliers."""
+        head = struct.pack(HEADER, self.MAGIC, self.width, *self.shape, len(self.levels))
         head += bytes(LEVELS.index(v) for v in self.levels)
         body = [self.a[k].astype(np.int8 if k in self.WEIGHTS else "<i4").tobytes()
                 for k in self.FIELDS if k in self.a]
@@ -114,15 +116,15 @@ class IntNet:
     def from_bytes(cls, data: bytes) -> IntNet:
         """The inverse of to_bytes; anything malformed is a CodecError."""
         try:
-            magic, width, n_levels = struct.unpack_from("<4sHB", data)
-            levels = tuple(LEVELS[i] for i in data[7:7 + n_levels])
+            magic, width, h, w, n_levels = struct.unpack_from(HEADER, data)
+            levels = tuple(LEVELS[i] for i in data[struct.calcsize(HEADER):][:n_levels])
         except (struct.error, IndexError):
             raise CodecError("ar side information is malformed (bad header)") from None
         if (magic != cls.MAGIC or not 1 <= width <= MAX_WIDTH or not levels
-                or len(set(levels)) != n_levels):
+                or len(set(levels)) != n_levels or not 1 <= min(h, w) <= max(h, w) <= MAX_SIDE):
             raise CodecError("ar side information is malformed (bad header)")
         shapes = cls.shapes(width, n_levels, 256 in levels)
-        at, arrays = 7 + n_levels, {}
+        at, arrays = struct.calcsize(HEADER) + n_levels, {}
         for k, shape in shapes.items():
             dtype = np.dtype(np.int8 if k in cls.WEIGHTS else "<i4")
             size = math.prod(shape) * dtype.itemsize
@@ -132,11 +134,12 @@ class IntNet:
             at += size
         if at != len(data):
             raise CodecError(f"ar side information has {len(data) - at} bytes too many")
-        return cls(levels, arrays)
+        return cls(levels, arrays, (h, w))
 
     @staticmethod
     def shapes(width: int, n_levels: int, lossless: bool) -> dict[str, tuple[int, ...]]:
-        s = {"w1": (N_CTX, width), "pos": (H + W + 1, width), "lvl": (n_levels, width), "k1": (width,),
+        s = {"w1": (N_CTX, width), "pos": (BINS * BINS + 1, width), "lvl": (n_levels, width),
+             "k1": (width,),
              "w2": (width, width), "b2": (width,), "k2": (width,), "wc": (width, NC), "bc": (NC,),
              "kc": (NC,)}
         if lossless:
@@ -155,8 +158,7 @@ class IntNet:
         kmult = np.concatenate([a[k].ravel() for k in ("k1", "k2", "kc", "kf") if k in a])
         if kmult.min() < 0 or kmult.max() >= 2**28:  # k * |acc| < 2**52: exact in float64
             raise CodecError("ar network: a multiplier is outside 0 .. 2**28 - 1")
-        b1 = (np.abs(a["pos"][:H])[:, None] + np.abs(a["pos"][H:H + W])[None]).max(axis=(0, 1))
-        b1 = b1 + np.abs(a["pos"][H + W]) + np.abs(a["lvl"]).max(axis=0)
+        b1 = np.abs(a["pos"][:-1]).max(axis=0) + np.abs(a["pos"][-1]) + np.abs(a["lvl"]).max(axis=0)
         bounds = [np.abs(a["w1"]).sum(0) * 255 + b1, np.abs(a["w2"]).sum(0) * 255 + np.abs(a["b2"]),
                   np.abs(a["wc"]).sum(0) * 255 + np.abs(a["bc"])]
         if self.lossless:
@@ -186,9 +188,8 @@ class IntInference:
         f = {k: v.to(self.dtype) for k, v in a.items() if not k.startswith("k")}
         self.m = {k: v.double() / 2.0**MULT_BITS for k, v in a.items() if k.startswith("k")}
         self.w1, self.w2, self.b2, self.wc, self.bc = f["w1"], f["w2"], f["b2"], f["wc"], f["bc"]
-        pos = a["pos"]  # row + column + constant, then + level: (levels, P, W) exact integers
-        b1 = (pos[:H, None] + pos[None, H:H + W]).reshape(P, -1) + pos[H + W]
-        self.b1 = (b1[None] + a["lvl"][:, None]).to(self.dtype)
+        pos = a["pos"]  # position bin + constant + level: (levels, BINS**2, W) exact integers
+        self.b1 = (pos[None, :-1] + pos[-1] + a["lvl"][:, None]).to(self.dtype)
         if net.lossless:
             self.wf, self.bf = f["wf"], f["bf"]
             self.wf_all = f["wf"].permute(1, 0, 2).reshape(net.width, NG * NF)  # every group at once
@@ -237,10 +238,11 @@ class IntInference:
         return out
 
     def zero_context(self, mi: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Activations and coarse weights at every position when the whole context is 0 (57 % of
-        MNIST pixels), at the model's level index mi: computed once by the same network, then
+        """Activations and coarse weights of each position bin when the whole context is 0 (57 %
+        of MNIST pixels), at the model's level index mi: computed once by the same network, then
         looked up."""
         if mi not in self.zero:
-            a2 = self.hidden(torch.zeros((P, N_CTX), dtype=self.dtype, device=self.device), self.b1[mi])
+            zeros = torch.zeros((BINS * BINS, N_CTX), dtype=self.dtype, device=self.device)
+            a2 = self.hidden(zeros, self.b1[mi])
             self.zero[mi] = a2, self.coarse(a2, k)
         return self.zero[mi]
