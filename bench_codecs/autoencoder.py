@@ -1,4 +1,5 @@
-"""The published experiment's conv autoencoder as a codec: one byte per latent value.
+"""The published experiment's conv autoencoder as a codec: one byte per latent value; images of
+another size than the training size are coded in tiles (bench_codecs.tiles).
 
 Encoder: two stride-2 convolutions and a linear layer, beside a linear path from the pixels,
 to `latent` values clamped to [0, 1]; each value is sent as round(255 * z), one byte. Decoder:
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.codec import CodecError, Payloads, TrainingData, check_images, fixed_rate_rows
+from bench.codec import CodecError, Payloads, TrainingData, check_images
 from bench.learned import History, LearnedCodec, host_tensor, train_loop
-from bench_codecs import pca
+from bench_codecs import pca, tiles
 
 ARCH_VERSION = 1
 RECIPE = {"version": 1, "batch": 32, "lr": 3e-3, "linear_lr_factor": 0.1, "schedule": "onecycle",
@@ -167,11 +168,12 @@ class AutoencoderCodec(LearnedCodec):
         return f"ae{self.latent}"
 
     def build_model(self, shape) -> Autoencoder:
-        return Autoencoder(self.latent, tuple(shape), RECIPE["width"])
+        return Autoencoder(self.latent, tiles.canvas(shape, 4), RECIPE["width"])
 
     def train_model(self, model: Autoencoder, data: TrainingData) -> History:
-        model.init_from_pca(pca.fit_pca(data.train, self.latent))
-        return train(model, data.train, data.validation, self.epochs, self.seed, data.progress)
+        train_images, validation = (tiles.split(a, model.shape) for a in (data.train, data.validation))
+        model.init_from_pca(pca.fit_pca(train_images, self.latent))
+        return train(model, train_images, validation, self.epochs, self.seed, data.progress)
 
     def decoder_modules(self) -> list[nn.Module]:
         model = self.require_model()
@@ -179,6 +181,7 @@ class AutoencoderCodec(LearnedCodec):
 
     def prepare(self, data: TrainingData) -> None:
         self.model = self.require_model().for_inference()
+        self.trained = data.train.shape[1:]  # one canvas, no size header
         super().prepare(data)
 
     # -- coding --------------------------------------------------------------------------
@@ -189,24 +192,26 @@ class AutoencoderCodec(LearnedCodec):
 
     def encode(self, images: np.ndarray) -> Payloads:
         model = self.require_model()
-        images = check_images(images, trained=model.shape, codec=self.name)
-        host, chunk = host_tensor(images), self._chunk
-        out = torch.empty((len(images), self.latent), dtype=torch.uint8)
+        images = check_images(images, codec=self.name)
+        canvases = tiles.split(images, model.shape)
+        host, chunk = host_tensor(canvases), self._chunk
+        out = torch.empty((len(canvases), self.latent), dtype=torch.uint8)
         with self.inference(), self.autocast_context():
             for i in range(0, len(images), chunk):
                 x = host[i : i + chunk].to(self.device, non_blocking=True).unsqueeze(1)
                 x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
                 z = model.encoder(x)
                 out[i : i + chunk] = z.float().mul_(255).round_().to(torch.uint8).cpu()
-        return Payloads.from_array(out.numpy())
+        return tiles.pack(out.numpy(), images.shape[1:], self.trained, model.shape)
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         model = self.require_model()
-        host, chunk = host_tensor(fixed_rate_rows(payloads, self.latent, self.name)), self._chunk
+        rows, shape = tiles.unpack(payloads, self.latent, self.trained, model.shape, self.name)
+        host, chunk = host_tensor(rows), self._chunk
         out = torch.empty((len(host), *model.shape), dtype=torch.uint8)
         with self.inference(), self.autocast_context():
             for i in range(0, len(host), chunk):
                 z = host[i : i + chunk].to(self.device, non_blocking=True).float().div_(255)
                 y = model.decoder(z)
                 out[i : i + chunk] = y.float().mul_(255).round_().to(torch.uint8).squeeze(1).cpu()
-        return out.numpy()
+        return tiles.join(out.numpy(), shape)

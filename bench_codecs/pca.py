@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.codec import Codec, CodecError, Payloads, TrainingData, check_images, fixed_rate_rows
+from bench.codec import Codec, CodecError, Payloads, TrainingData, check_images
+from bench_codecs import tiles
 
 SPAN = 4.0  # standard deviations on each side of zero that the 256 levels cover
 
@@ -67,7 +68,7 @@ class PCACodec(Codec):
     def fit(self, data: TrainingData) -> PCACodec:
         images = check_images(data.train)
         self.basis, self.shape = fit_pca(images, self.latent), images.shape[1:]
-        return self
+        return self  # other sizes are coded in tiles of this one (bench_codecs.tiles)
 
     @property
     def side_info_bytes(self) -> int:
@@ -81,16 +82,17 @@ class PCACodec(Codec):
 
     def encode(self, images: np.ndarray) -> Payloads:
         b = self._require()
-        images = check_images(images, trained=self.shape, codec=self.name)
-        x = images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 255)
+        images = check_images(images, codec=self.name)
+        canvases = tiles.split(images, self.shape)
+        x = canvases.reshape(len(canvases), -1).astype(np.float32) * np.float32(1 / 255)
         c = (x - b.mean) @ b.components.T
         u = np.rint((c / b.scale + 0.5) * 255)
-        return Payloads.from_array(np.clip(u, 0, 255).astype(np.uint8))
+        return tiles.pack(np.clip(u, 0, 255).astype(np.uint8), images.shape[1:], self.shape, self.shape)
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         b = self._require()
-        rows = fixed_rate_rows(payloads, self.latent, self.name)
+        rows, shape = tiles.unpack(payloads, self.latent, self.shape, self.shape, self.name)
         u = rows.astype(np.float32) * np.float32(1 / 255)
         x = ((u - 0.5) * b.scale) @ b.components + b.mean
         out = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-        return out.reshape(len(rows), *self.shape)
+        return tiles.join(out.reshape(len(rows), *self.shape), shape)

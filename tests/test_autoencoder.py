@@ -114,13 +114,30 @@ def test_unwritable_cache_falls_back_with_a_stated_reason(train_small, tmp_path)
     assert len(messages) == 1 and "used for this run only" in messages[0]
 
 
-def test_wrong_payloads_and_images_are_refused(ae39, digits):
+def test_wrong_payloads_are_refused(ae39, digits):
     with pytest.raises(PayloadError, match="payload 1 has 38 bytes; its payloads have exactly 39"):
         ae39.decode([bytes(39), bytes(38)])
-    with pytest.raises(CodecError, match="trained on 28x28"):
-        ae39.encode(np.zeros((1, 32, 32), np.uint8))
+    other = list(ae39.encode(np.zeros((1, 20, 30), np.uint8)))
+    with pytest.raises(PayloadError, match="payload 1 has 39 bytes; its payloads have exactly 81"):
+        ae39.decode(other + [bytes(39)])
     with pytest.raises(CodecError, match="not trained"):
         AutoencoderCodec(39).encode(digits)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (40, 24), (20, 20), (64, 48), (8, 8), (256, 256)])
+def test_images_of_another_size_travel_in_tiles_with_their_size(shape, ae39, digits):
+    """Tiles of the 28x28 canvas, edge-padded, after a 3-byte size; the decoded image is the size
+    it was, and a digit in its top-left corner is reconstructed as well as alone."""
+    images = np.zeros((3, *shape), np.uint8)
+    h, w = min(shape[0], 28), min(shape[1], 28)
+    images[:, :h, :w] = digits[:3, :h, :w]
+    payloads = ae39.encode(images)
+    tiles = -(-shape[0] // 28) * -(-shape[1] // 28)
+    assert (payloads.sizes == 3 + 39 * tiles).all()
+    decoded = ae39.decode(payloads)
+    assert decoded.shape == images.shape
+    if shape[0] >= 28 and shape[1] >= 28:  # the corner tile is the digit itself
+        assert np.array_equal(decoded[:, :28, :28], ae39.decode(ae39.encode(digits[:3])))
 
 
 def test_side_info_is_the_decoders_float32_weights(ae39):
