@@ -71,6 +71,10 @@ def unpack(payloads, k: int, trained: tuple[int, int], tile: tuple[int, int],
     value = int.from_bytes(first[:HEADER], "big")
     shape = (value >> 12) + 1, (value & 0xFFF) + 1
     tiles = math.prod(grid(shape, tile))
+    if len(first) != HEADER + tiles * k:
+        raise PayloadError(f"{codec}: payload 0 has {len(first)} bytes: neither {k} (an image of "
+                           f"{trained[0]}x{trained[1]}) nor the {HEADER + tiles * k} that its size "
+                           f"header ({shape[0]}x{shape[1]}, {tiles} tiles) calls for")
     rows = fixed_rate_rows(payloads, HEADER + tiles * k, f"{codec} ({shape[0]}x{shape[1]} images)")
     if (rows[:, :HEADER] != rows[0, :HEADER]).any():
         i = int(np.flatnonzero((rows[:, :HEADER] != rows[0, :HEADER]).any(1))[0])

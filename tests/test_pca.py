@@ -42,5 +42,7 @@ def test_unfitted_and_wrong_payloads_are_refused(digits):
     with pytest.raises(CodecError, match="not fitted"):
         get_codec("pca95").encode(digits)
     codec = get_codec("pca99").fit(training(digits))
-    with pytest.raises(PayloadError, match="exactly 8"):
+    with pytest.raises(PayloadError, match="payload 0 has 9 bytes: neither 8 .*nor the 11"):
         codec.decode([bytes(9)])
+    with pytest.raises(PayloadError, match="payload 1 has 9 bytes; its payloads have exactly 8"):
+        codec.decode([bytes(8), bytes(9)])
