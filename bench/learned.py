@@ -172,6 +172,9 @@ class LearnedCodec(Codec):
     # codec that supports it sets this to None (one per core), a test to 1. Within a worker
     # process (a parallel run's job) it is always 1.
     inference_processes: int | None = 1
+    # What `prepare` builds from the model (coders, inference forms): left out when the codec is
+    # pickled (a parallel run's job returns it to the main process), rebuilt by `restore`.
+    derived: tuple[str, ...] = ()
 
     def __init__(self, epochs: int, seed: int = 0, device: str = "cpu"):
         self.epochs, self.seed, self.device = epochs, seed, device
@@ -293,6 +296,17 @@ class LearnedCodec(Codec):
             data.log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")
             return None
         return self.model
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in self.derived}
+        state["unprepared"] = True
+        return state
+
+    def restore(self, data: TrainingData) -> LearnedCodec:
+        """After unpickling: prepare the fitted model again (no training, no cache read)."""
+        if self.__dict__.pop("unprepared", False):
+            self.prepare(data)
+        return self
 
     def require_model(self) -> nn.Module:
         if self.model is None:

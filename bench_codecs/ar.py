@@ -54,6 +54,7 @@ class ARCodec(LearnedCodec):
 
     family = "ar"
     code_modules = (__name__, "bench_codecs.ar_model", "bench_codecs.ar_integer", "bench.entropy")
+    derived = ("net", "_tensors")
     allow_bf16 = False  # the coding needs the exact integer network
     # Training on one thread: on this project's shared 2-core machine two threads trained 2.3-6.7x
     # slower (threads wait for a core other tenants hold). Inference too: per-pixel matmuls are

@@ -60,6 +60,7 @@ class LinearCodec(LearnedCodec):
     # What the learned-codec base needs.
     family = "linear"
     code_modules = (__name__,)
+    derived = ("coder",)  # built by prepare; constriction's models do not pickle
 
     def __init__(self, quality: int = 4, features: int = 64, epochs: int = 4, seed: int = 0,
                  device: str = "cpu"):
