@@ -13,7 +13,8 @@ import numpy as np
 
 from bench.codec import BenchError
 
-DEFAULT_CODECS = "ae*,pca*,factorized,jpeg,jpeg:shared_header=1,webp,jpegls-near:shared_header=1,png,zlib"
+DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,jpegls-near:shared_header=1,"
+                  "png,zlib")
 REPORTS = Path("reports")
 MIN_ROUNDS = 3  # a median needs three
 
