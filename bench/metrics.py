@@ -1,4 +1,6 @@
-"""Per-image quality metrics on uint8 batches, and their aggregation per codec and class."""
+"""Per-image quality metrics on uint8 batches of one size, and their aggregation per codec and
+class. A run whose images mix sizes measures each size's batch and concatenates the rows: every
+metric is per image, so rows of different sizes aggregate like any others."""
 
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def ink(images: np.ndarray) -> np.ndarray:
 def per_image(original: np.ndarray, decoded: np.ndarray, sizes: np.ndarray,
               model_bits: np.ndarray | None = None) -> pd.DataFrame:
     """`model_bits`: the code length a codec's probability model predicts (NaN when it has none)."""
-    pixels = original.shape[1] * original.shape[2]
+    height, width = original.shape[1:]
+    pixels = height * width
     m = mse(original, decoded)
     n_ink = ink(original)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -69,6 +72,8 @@ def per_image(original: np.ndarray, decoded: np.ndarray, sizes: np.ndarray,
         "ssim": ssim(original, decoded),
         "ink": n_ink,
         "mse_per_100_ink": per_ink,
+        "height": np.full(len(sizes), height, dtype=np.int64),
+        "width": np.full(len(sizes), width, dtype=np.int64),
     })
 
 

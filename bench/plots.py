@@ -69,7 +69,9 @@ def draw_per_class(r: RunResult, pc: pd.DataFrame, path: Path) -> None:
         _save(fig, path)
         return
     image = ax.imshow(wide.to_numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(wide.columns)), wide.columns, rotation=45 if len(classes) > 10 else 0)
+    slant = len(classes) > 10 or max(map(len, classes)) > 6  # long names (photo-crops) overlap
+    ax.set_xticks(range(len(wide.columns)), wide.columns, rotation=45 if slant else 0,
+                  ha="right" if slant else "center")
     ax.set_yticks(range(len(wide)), wide.index, fontsize=8)
     for (i, j), value in np.ndenumerate(wide.to_numpy()):
         ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
@@ -160,28 +162,44 @@ def draw_rate_distortion(points: pd.DataFrame, path: Path) -> None:
 
 
 def draw_samples(r: RunResult, path: Path) -> None:
-    """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render."""
-    from bench.runner import sample_indices
+    """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render. Tiles larger
+    than 28x28 scale the figure (up to twice); mixed sizes sit top-left in cells of the largest."""
+    from bench.runner import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, sample_indices
 
     original = r.samples["original"]
-    codecs = [c for c in r.samples if c != "original"]
+    codecs = [c for c in r.samples if c != "original" and not c.startswith(".")]
     per_image = r.per_image[r.per_image["role"] == "main"]
-    test_labels = per_image.drop_duplicates("index").sort_values("index")["label"].to_numpy()
+    firsts = per_image.drop_duplicates("index").sort_values("index")
+    test_labels = firsts["label"].to_numpy()
     picks = sample_indices(test_labels)
     classes = r.meta["classes"]
     rows, cols = 1 + len(codecs), len(original)
     h, w = original.shape[1:]
-    gap_y, gap_x = 14, 6  # pixels of room for the caption under each tile
+    zoom = max(h, w, 28) / 28
+    gap_y, gap_x = round(14 * zoom), round(6 * zoom)  # pixels of room for the caption under each tile
     mosaic = np.full((rows * (h + gap_y), cols * (w + gap_x)), 255, np.uint8)
     for i, images in enumerate([original, *(r.samples[c] for c in codecs)]):
         for j in range(cols):
             y, x = i * (h + gap_y), j * (w + gap_x)
             mosaic[y : y + h, x : x + w] = images[j]
-    fig, ax = _figure(figsize=(0.75 * cols + 1.6, 0.6 * rows + 0.4))
+    scale = min(zoom, 2.0)
+    fig, ax = _figure(figsize=(0.75 * cols * scale + 1.6, 0.6 * rows * scale + 0.4))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    ax.set_xticks([j * (w + gap_x) + w / 2 for j in range(cols)],
-                  [f"class {classes[int(test_labels[p])]}" for p in picks], fontsize=7)
+    labels = [f"class {classes[int(test_labels[p])]}" for p in picks]
+    cropped = False
+    if SAMPLE_SHAPES in r.samples or h == SAMPLE_MAX_SIDE or w == SAMPLE_MAX_SIDE:
+        full = firsts.set_index("index")
+        for j, p in enumerate(picks):
+            fh, fw = (int(full.loc[p, k]) for k in ("height", "width")) if "height" in full else (h, w)
+            cropped |= max(fh, fw) > SAMPLE_MAX_SIDE
+            labels[j] += f"\n{fh}x{fw}" + (" (crop)" if max(fh, fw) > SAMPLE_MAX_SIDE else "")
+    ax.set_xticks([j * (w + gap_x) + w / 2 for j in range(cols)], labels, fontsize=7)
     ax.xaxis.tick_top()
+    if max(len(line) for label in labels for line in label.split("\n")) * 4.5 > w + gap_x:
+        # Names wider than their tile (photo-crops' file names): slanted, so they do not overlap.
+        ax.tick_params(axis="x", labelrotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("left")
     ax.set_yticks([i * (h + gap_y) + h / 2 for i in range(rows)], ["original", *codecs], fontsize=7)
     lookup = per_image.set_index(["codec", "index"])
     for i, codec in enumerate(codecs, start=1):
@@ -190,7 +208,9 @@ def draw_samples(r: RunResult, path: Path) -> None:
             ax.text(j * (w + gap_x) + w / 2, i * (h + gap_y) + h + 1,
                     f"{row['bytes']}B {num(row['psnr_db'], '{:.1f}')}dB",
                     ha="center", va="top", fontsize=4.5)
-    ax.set_title("One test image per class: original and reconstructions (bytes, PSNR)")
+    ax.set_title("One test image per class: original and reconstructions (bytes, PSNR)"
+                 + (f"; larger images: their central {SAMPLE_MAX_SIDE}x{SAMPLE_MAX_SIDE}"
+                    if cropped else ""))
     for side in ax.spines.values():
         side.set_visible(False)
     _save(fig, path)

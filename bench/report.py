@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import analysis, plots, report_quality
+from bench import analysis, learning, plots, report_quality
 from bench.analysis import Analysis
 from bench.markdown import PLOTS, image, num, table, text
 from bench.results import RunResult, write_csv_atomic, write_text_atomic
@@ -35,6 +35,7 @@ def _markdown(result: RunResult, a: Analysis, pc: pd.DataFrame, figures: dict[st
         _failed_jobs(result),
         _verdict(result, a),
         _summary(result, a),
+        report_quality.sizes(result),
         report_quality.ae_vs_pca(result),
         report_quality.lossless(result),
         report_quality.per_class(result, pc, figures),
@@ -61,11 +62,14 @@ def _header(r: RunResult) -> str:
     ]
     if m.get("dataset_why"):
         lines.append(f"- **Why this dataset:** {m['dataset_why']}")
+    rule = m.get("training_rule")
     lines += [
         f"- **Images:** {m['train_images']:,} train (learned codecs fit on these), "
         f"{m.get('validation_images', 0):,} validation (held out of train; every choice a learned "
         f"codec makes), {m['test_images']:,} test (every number below, and nothing else), "
-        f"{m['image_shape'][0]}x{m['image_shape'][1]} 8-bit grayscale",
+        + (f"8-bit grayscale of mixed sizes (test: {m['image_sizes']})" if m.get("mixed_sizes") else
+           f"{m['image_shape'][0]}x{m['image_shape'][1]} 8-bit grayscale"),
+        *([f"- **Training size:** {rule[0].upper()}{rule[1:]}."] if rule else []),
         f"- **Command:** `{m.get('command', 'n/a')}` ({m.get('seconds', '?')} s)",
         f"- **Machine:** {env.get('cpu', 'n/a')}, {env.get('cores', '?')} cores, "
         f"{env.get('ram_gib', '?')} GiB; {env.get('platform', '')}; devices measured: "
@@ -97,6 +101,17 @@ def _target(metric: str, value: float) -> str:
 
 def _speed(v) -> str:
     return num(v, "{:,.0f}")
+
+
+def _mpx(v) -> str:
+    """Megapixels per second: whole numbers from 100, else three significant digits."""
+    return num(v, "{:,.0f}" if isinstance(v, (int, float)) and v >= 100 else "{:.3g}")
+
+
+def _pixels_per_image(r: RunResult) -> float:
+    """A saved run's pixels per image, for runs saved before megapixels/s were (one size only)."""
+    h, w = r.meta["image_shape"]
+    return float(h * w)
 
 
 def _verdict_table(v: pd.DataFrame, at_scale: bool) -> str:
@@ -179,6 +194,9 @@ def _verdict(r: RunResult, a: Analysis) -> str:
             "",
             table(pd.DataFrame(rows)),
         ]
+    starved = learning.section(r.summary, r.meta)
+    if starved:
+        parts += ["", starved]
     return "\n".join(parts)
 
 
@@ -213,6 +231,9 @@ def _summary(r: RunResult, a: Analysis) -> str:
         "SSIM": s["ssim"].map(lambda v: num(v, "{:.4f}")),
         "encode img/s": s["encode_img_s"].map(_speed),
         "decode img/s": s["decode_img_s"].map(_speed),
+        **{f"{d} MPx/s": (s[f"{d}_mpx_s"] if f"{d}_mpx_s" in s
+                          else s[f"{d}_img_s"] * _pixels_per_image(r) / 1e6).map(_mpx)
+           for d in ("encode", "decode")},
         "side info (B)": s["side_info_bytes"].map(lambda v: num(v, "{:,.0f}") if v else "0"),
         "pays back after (images)": [_breakeven(row) for _, row in s.iterrows()],
         "dominated by": [dominated.get(c, "") for c in s["codec"]],
@@ -231,9 +252,12 @@ def _summary(r: RunResult, a: Analysis) -> str:
         "pixels. *Side info* is what every decoder needs once besides the payloads (network "
         "weights, PCA basis); *pays back after*: see the verdict. PSNR is that of the mean MSE "
         "(∞ = exact); MSE on pixels in [0, 1]; SSIM as scikit-image with data_range 255 and a "
-        f"7x7 window. Throughput is on {r.meta['devices'][0]} (every device: see Throughput). "
-        "*Dominated by* names a codec at least as small with at least the PSNR (sweep points "
-        "included).",
+        f"7x7 window. Throughput is on {r.meta['devices'][0]} (every device: see Throughput), in "
+        "images and in megapixels per second. *Dominated by* names a codec at least as small with "
+        "at least the PSNR (sweep points included)."
+        + (" The test images mix sizes: every figure is a mean over images, each measured at its own "
+           "size (*header* too, each size's own), and *compression %* is 1 - mean bytes / mean "
+           "pixels; per size: see the next section." if r.meta.get("mixed_sizes") else ""),
         "",
         table(pd.DataFrame(columns)),
     ])
@@ -317,6 +341,8 @@ def _throughput(r: RunResult) -> str:
         "direction": t["direction"], "batch": t["batch"].map("{:,}".format),
         "median img/s": t["median_img_s"].map(lambda v: num(v, "{:,.0f}")),
         "range img/s": [f"{a:,.0f} – {b:,.0f}" for a, b in zip(t["min_img_s"], t["max_img_s"])],
+        "median MPx/s": (t["median_mpx_s"] if "median_mpx_s" in t
+                         else t["median_img_s"] * _pixels_per_image(r) / 1e6).map(_mpx),
         "rounds": t["rounds"], "precision": t["precision"],
         "PSNR dB": t["psnr_db"].map(num), "library": t["library"].fillna(""),
     })
@@ -329,7 +355,10 @@ def _throughput(r: RunResult) -> str:
         "before and after each round. PSNR is measured on the timed batch, per device. The "
         "selected codecs are timed on every selected device; the settings the verdict names "
         "(often sweep points) on the first device that runs them. Each codec is timed alone, "
-        "one after another, never while other work runs.",
+        "one after another, never while other work runs. MPx/s = img/s x pixels per image (of "
+        "the timed batch), in millions."
+        + (" The test images mix sizes: a timed call codes every size of the batch, one uniform "
+           "batch per size, one after another." if r.meta.get("mixed_sizes") else ""),
         "",
         table(df),
     ])

@@ -1,6 +1,6 @@
-"""The report's sections on quality: per class, error per ink, the autoencoders against their PCA
-controls, lossless rates beside published ones, the published compression chart, samples and
-the t-SNE (bench.report assembles them)."""
+"""The report's sections on quality: per image size (mixed sizes), per class, error per ink, the
+autoencoders against their PCA controls, lossless rates beside published ones, the published
+compression chart, samples and the t-SNE (bench.report assembles them)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,36 @@ from bench import analysis, metrics
 from bench.literature import PUBLISHED_LOSSLESS_MNIST
 from bench.markdown import image, num, table
 from bench.results import RunResult
+
+
+def sizes(r: RunResult) -> str:
+    """Per codec and image size, for a run whose test images mix sizes."""
+    if not r.meta.get("mixed_sizes") or "height" not in r.per_image:
+        return ""
+    rows = r.per_image[r.per_image["role"] == "main"]
+    out = metrics.aggregate(rows, ["codec", "height", "width"])
+    header = rows.groupby(["codec", "height", "width"], sort=False)["header_bytes"].mean()
+    order = {c: i for i, c in enumerate(dict.fromkeys(rows["codec"]))}
+    out = out.assign(order=out["codec"].map(order)).sort_values(["order", "height", "width"],
+                                                                kind="stable")
+    table_rows = [{
+        "codec": c["codec"], "size": f"{c['height']}x{c['width']}", "test images": f"{c['images']:,}",
+        "bytes/image": num(c["bytes_mean"], "{:.1f}"),
+        "header (B)": num(header.loc[(c["codec"], c["height"], c["width"])], "{:.0f}"),
+        "bpp": num(c["bpp"]), "PSNR dB": num(c["psnr_db"]), "SSIM": num(c["ssim"], "{:.4f}"),
+    } for _, c in out.iterrows()]
+    learned = analysis.main_rows(r)["learned"].astype(bool).any()
+    return "\n".join([
+        "## Per image size",
+        "",
+        f"The test images mix sizes ({r.meta.get('image_sizes', '')}). Every codec is given one "
+        "uniform batch per size and measured per image; here each size on its own (header: that "
+        "size's smallest valid file)."
+        + (" Learned codecs were trained on one size (see *Training size* above): at the other "
+           "sizes they code images of a size they were not trained on." if learned else ""),
+        "",
+        table(pd.DataFrame(table_rows)),
+    ])
 
 
 def ae_vs_pca(r: RunResult) -> str:
@@ -142,7 +172,11 @@ def samples(figures: dict[str, Path]) -> str:
                       "with its bytes and PSNR.", "", image(figures, "samples", "Samples")])
 
 def tsne(r: RunResult, figures: dict[str, Path]) -> str:
+    note = r.meta.get("tsne_note", "")
     if "tsne" not in figures:
+        if note.startswith("skipped"):
+            return "\n".join(["## t-SNE of originals and reconstructions", "",
+                              f"The t-SNE was {note}."])
         return ""
     n_orig = int((r.tsne["kind"] == "original").sum())
     return "\n".join([
@@ -151,5 +185,6 @@ def tsne(r: RunResult, figures: dict[str, Path]) -> str:
         "dots), "
         f"{len(r.tsne)} points embedded together in one t-SNE (scikit-learn, after PCA to 50 "
         "dimensions, seed 0), so the rings are the same in every panel. A dot inside its ring: the "
-        "reconstruction keeps the original's neighbours; dots that drift show what the codec loses.",
+        "reconstruction keeps the original's neighbours; dots that drift show what the codec loses."
+        + (f" The embedding is {note}." if note else ""),
         "", image(figures, "tsne", "t-SNE")])

@@ -28,7 +28,9 @@ class RunResult:
     per_image: pd.DataFrame  # one row per codec and test image
     throughput: pd.DataFrame  # one row per codec, device and direction
     tsne: pd.DataFrame = field(default_factory=pd.DataFrame)  # 2-D points, see analysis.tsne
-    samples: dict[str, np.ndarray] = field(default_factory=dict)  # "original" and codec -> (C, H, W)
+    # "original" and codec -> (C, H, W); mixed sizes: centred on cells of the largest, with their
+    # (C, 2) sizes under bench.runner.SAMPLE_SHAPES
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import images as batches
 from bench import metrics
 from bench.codec import Codec, CodecError, TrainingData, decode_checked
 from bench.data import Dataset
@@ -21,6 +22,9 @@ from bench.results import RunResult, VerdictOptions
 from bench.timing import device_name, measure
 
 SAMPLE_SEED = 0
+SAMPLE_MAX_SIDE = 96  # samples larger than this are kept (and shown) as their central crop
+SAMPLE_SHAPES = ".shapes"  # samples.npz key of the samples' own sizes, when they differ
+TSNE_MIN_IMAGES = 10  # a mixed-size run embeds its most common size only, when it has this many
 SERIAL = Backend()
 
 
@@ -55,7 +59,34 @@ def throughput_batch(images: np.ndarray, batch: int | None) -> np.ndarray:
     if not batch or batch == len(images):
         return images
     reps = -(-batch // len(images))
-    return np.concatenate([images] * reps)[:batch]
+    return batches.normalize(np.concatenate([images] * reps)[:batch])
+
+
+def shape_groups(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(indices, (n, H, W) images) per size: what a codec is given, one uniform batch at a time."""
+    if not batches.is_mixed(images):
+        return [(np.arange(len(images)), images)]
+    return [(idx, batches.stack(images, idx)) for _, idx in batches.groups(images)]
+
+
+def sample_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples as one (C, H, W) array for samples.npz: each image's central crop of at most
+    SAMPLE_MAX_SIDE a side; mixed sizes centred on white cells of the largest, with their (C, 2)
+    sizes."""
+    crops = []
+    for im in images:
+        h, w = im.shape
+        y, x = max(h - SAMPLE_MAX_SIDE, 0) // 2, max(w - SAMPLE_MAX_SIDE, 0) // 2
+        crops.append(im[y : y + SAMPLE_MAX_SIDE, x : x + SAMPLE_MAX_SIDE])
+    sizes = np.array([c.shape for c in crops], dtype=np.int64).reshape(-1, 2)
+    if len(set(map(tuple, sizes))) <= 1:
+        return np.stack(crops) if crops else np.zeros((0, 0, 0), np.uint8), None
+    cell = sizes.max(axis=0)
+    out = np.full((len(crops), *cell), 255, np.uint8)
+    for k, c in enumerate(crops):
+        y, x = (cell[0] - c.shape[0]) // 2, (cell[1] - c.shape[1]) // 2
+        out[k, y : y + c.shape[0], x : x + c.shape[1]] = c
+    return out, sizes
 
 
 @dataclass(frozen=True)
@@ -100,22 +131,33 @@ class JobResult:
 def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
     """Runs in the main process or a worker; a failure is returned, never raised."""
     start = time.perf_counter()
+    where = ""
     try:
         codec = job.spec.build(job.device).fit(inputs.training())
-        payloads = codec.encode(inputs.test)
-        decoded = decode_checked(codec, payloads, inputs.test.shape)
-        frame = metrics.per_image(inputs.test, decoded, payloads.sizes, codec.model_bits(inputs.test))
+        frames, parts = [], []
+        for idx, x in shape_groups(inputs.test):  # one size at a time: the codec contract
+            if batches.is_mixed(inputs.test):  # a failure names the size it failed on
+                where = f" (coding the {x.shape[1]}x{x.shape[2]} test images)"
+            payloads = codec.encode(x)
+            decoded = decode_checked(codec, payloads, x.shape)
+            where = ""
+            frame = metrics.per_image(x, decoded, payloads.sizes, codec.model_bits(x))
+            frame.insert(0, "index", idx)
+            frame["header_bytes"] = int(codec.header_bytes(x.shape[1:]))
+            frames.append(frame)
+            parts.append((idx, decoded))
+        frame = pd.concat(frames, ignore_index=True).sort_values("index", kind="stable")
+        frame = frame.reset_index(drop=True)
         frame.insert(0, "codec", job.spec.canonical)
         frame.insert(1, "role", job.role)
-        frame.insert(2, "index", np.arange(len(inputs.test)))
         frame.insert(3, "label", inputs.labels)
-        row = _codec_row(job.spec, codec, job.role, inputs.test.shape[1:])
+        row = _codec_row(job.spec, codec, job.role, frame, (inputs.train, inputs.validation))
         row["job_seconds"] = time.perf_counter() - start  # fit (or cache load) and quality
-        return JobResult(row, frame, decoded if job.keep_decoded else None,
-                         codec if inputs.keep_codec else None)
+        decoded = batches.assemble(parts, len(inputs.test)) if job.keep_decoded else None
+        return JobResult(row, frame, decoded, codec if inputs.keep_codec else None)
     except Exception as exc:  # reported with its spec; the other jobs go on
         first = (str(exc).splitlines() or [""])[0]
-        return JobResult(error=f"{type(exc).__name__}: {first}"[:300])
+        return JobResult(error=f"{type(exc).__name__}: {first}"[:300 - len(where)] + where)
 
 
 def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
@@ -135,7 +177,8 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     test = dataset.test
     specs = runnable(specs, devices, log)
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
-    inputs = JobInputs(dataset.train.images, dataset.validation.images, test.images, test.labels,
+    train, validation = dataset.training  # one size (bench.images' rule when the data mix sizes)
+    inputs = JobInputs(train, validation, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
                        progress and not backend.parallel, _log if backend.parallel else log,
                        keep_codec=not backend.parallel)
@@ -165,8 +208,11 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     per_image = pd.concat([r.per_image for _, r in ok], ignore_index=True)
     rows = pd.DataFrame([r.row for _, r in ok])
     keep = sample_indices(test.labels)
-    samples = {"original": test.images[keep]}
-    samples.update({j.spec.canonical: r.decoded[keep] for j, r in ok if j.keep_decoded})
+    samples = {}
+    samples["original"], sample_sizes = sample_images(test.images[keep])
+    samples.update({j.spec.canonical: sample_images(r.decoded[keep])[0] for j, r in ok if j.keep_decoded})
+    if sample_sizes is not None:
+        samples[SAMPLE_SHAPES] = sample_sizes
     decoded_for_tsne = {j.spec.canonical: r.decoded for j, r in ok
                         if j.keep_decoded and j.spec.info.family in tsne_families}
 
@@ -197,18 +243,18 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     throughput = pd.DataFrame(speed)
     summary = summarize(rows, per_image, throughput, dataset.shape, devices[0])
     phases["throughput"] = time.perf_counter() - start - phases["jobs"]
-    tsne = pd.DataFrame()
-    if decoded_for_tsne:
-        from bench.tsne import tsne_points
-
-        tsne = tsne_points(test.images, test.labels, decoded_for_tsne, cache_dir=cache_dir, log=log)
+    tsne, tsne_note = _tsne(test.images, test.labels, decoded_for_tsne, cache_dir, log)
     meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,
             "dataset_fingerprint": dataset.fingerprint, "classes": list(dataset.classes),
-            "image_shape": list(dataset.shape), "train_images": len(dataset.train),
+            # image_shape: the one size; with mixed sizes (image_sizes), the size trained on
+            "image_shape": list(dataset.shape), "image_sizes": batches.describe(test.images),
+            "mixed_sizes": dataset.mixed, "training_rule": dataset.training_rule(),
+            "tsne_note": tsne_note, "train_images": len(dataset.train),
             "validation_images": len(dataset.validation), "test_images": len(test),
             "devices": devices, "train_device": inputs.train_device, "torch_threads": inputs.threads,
             "backend": {"name": backend.name, "jobs": backend.jobs}, "rounds": rounds,
             "warmup": warmup, "throughput_batch": len(timed),
+            "throughput_batch_pixels": int(batches.pixels(timed).sum()),
             "codecs": [s.canonical for s in specs], "sweeps": [s.canonical for s in sweeps],
             "failed_jobs": failed,
             "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
@@ -218,48 +264,104 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     return RunResult(meta, summary, per_image, throughput, tsne, samples)
 
 
+def _tsne(images: np.ndarray, labels: np.ndarray, decoded: dict[str, np.ndarray],
+          cache_dir: Path | None, log: Callable[[str], None]) -> tuple[pd.DataFrame, str]:
+    """The t-SNE points, and a note when the test images mix sizes: one embedding needs one size,
+    so it is restricted to the test images of the most common size (skipped below TSNE_MIN_IMAGES)."""
+    if not decoded:
+        return pd.DataFrame(), ""
+    from bench.tsne import tsne_points
+
+    if not batches.is_mixed(images):
+        return tsne_points(images, labels, decoded, cache_dir=cache_dir, log=log), ""
+    shape = batches.most_common_shape(images)
+    idx = dict(batches.groups(images))[shape]
+    size = f"{shape[0]}x{shape[1]}"
+    if len(idx) < TSNE_MIN_IMAGES:
+        return pd.DataFrame(), (f"skipped: the test images mix sizes and the most common one, {size}, "
+                                f"has {len(idx)} images (a t-SNE embeds images of one size; it needs "
+                                f"{TSNE_MIN_IMAGES})")
+    points = tsne_points(batches.stack(images, idx), labels[idx],
+                         {c: batches.stack(d, idx) for c, d in decoded.items()},
+                         cache_dir=cache_dir, log=log)
+    points["index"] = idx[points["index"].to_numpy()]  # back to test-split positions
+    return points, (f"restricted to the {len(idx):,} test images of {size}, the most common size: "
+                    f"the test images mix sizes ({batches.describe(images)}), and a t-SNE embeds "
+                    "images of one size")
+
+
 def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds: int,
                 warmup: int) -> list[dict]:
+    """One timed call codes every shape group of the batch, each as one uniform batch."""
     warmup = max(warmup, 0)
-    enc, payloads = measure(lambda: codec.encode(batch), len(batch), rounds, warmup, device)
-    dec, decoded = measure(lambda: decode_checked(codec, payloads, batch.shape), len(batch), rounds,
-                           warmup, device)
-    psnr = float(metrics.psnr_from_mse(metrics.mse(batch, decoded).mean()))
+    groups = [x for _, x in shape_groups(batch)]
+    n, pixels = len(batch), int(batches.pixels(batch).sum())
+    enc, payloads = measure(lambda: [codec.encode(x) for x in groups], n, rounds, warmup, device)
+    dec, decoded = measure(lambda: [decode_checked(codec, p, x.shape) for p, x in zip(payloads, groups)],
+                           n, rounds, warmup, device)
+    mse = np.concatenate([metrics.mse(x, d) for x, d in zip(groups, decoded)])
+    psnr = float(metrics.psnr_from_mse(mse.mean()))
+    mpx = pixels / n / 1e6  # megapixels per image
     return [{
         "codec": spec.canonical, "device": device, "device_name": device_name(device),
-        "direction": direction, "batch": len(batch), "rounds": len(t.seconds),
+        "direction": direction, "batch": n, "rounds": len(t.seconds),
         "median_img_s": t.median_img_s, "min_img_s": t.min_img_s, "max_img_s": t.max_img_s,
         "psnr_db": psnr, "precision": codec.precision, "library": codec.library,
+        "batch_pixels": pixels, "median_mpx_s": t.median_img_s * mpx,
+        "min_mpx_s": t.min_img_s * mpx, "max_mpx_s": t.max_img_s * mpx,
     } for direction, t in (("encode", enc), ("decode", dec))]
 
 
-def _codec_row(spec: Spec, codec: Codec, role: str, shape: tuple[int, int]) -> dict:
+def _losses(values) -> str:
+    """A loss curve for a CSV cell: values per epoch, ';'-separated."""
+    return ";".join(f"{v:.6g}" for v in values)
+
+
+def _codec_row(spec: Spec, codec: Codec, role: str, frame: pd.DataFrame,
+               training: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The job's row of the summary. A learned codec's adds what it was fitted on and its loss
+    per epoch (training, and on the validation split), which the report reads for under- or
+    over-training (bench.learning)."""
     latent = dict(spec.values).get("latent")
-    return {
+    headers = frame["header_bytes"]
+    row = {
         "codec": spec.canonical, "curve": spec.curve, "family": spec.info.family or spec.info.name,
         "role": role, "lossless": bool(codec.lossless), "learned": bool(codec.learned),
-        "latent": latent, "header_bytes": int(codec.header_bytes(shape)),
+        "latent": latent,
+        "header_bytes": int(headers.iloc[0]) if headers.nunique() == 1 else float(headers.mean()),
         "side_info_bytes": int(codec.side_info_bytes),
     }
+    if codec.learned:
+        train, validation = training
+        history = getattr(codec, "history", None)
+        row.update({"fit_images": len(train), "fit_pixels": int(train.size),
+                    "fit_validation_images": len(validation),
+                    "fit_size": f"{train.shape[1]}x{train.shape[2]}" if train.ndim == 3 else "",
+                    "train_loss": _losses(getattr(history, "train", [])),
+                    "validation_loss": _losses(getattr(history, "validation", []))})
+    return row
 
 
 def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
               shape: tuple[int, int], device: str) -> pd.DataFrame:
-    """One row per codec; its throughput columns are those measured on `device`."""
+    """One row per codec; its throughput columns are those measured on `device`. `shape`: the
+    size learned codecs were trained on (a latent's dimension ratio is to its pixels)."""
     from bench.analysis import breakeven
 
-    pixels = shape[0] * shape[1]
     stats = metrics.aggregate(per_image, ["codec"])
+    pixels = (per_image["height"] * per_image["width"]).groupby(per_image["codec"], sort=False).mean()
     out = codecs.merge(stats, on="codec")
     out["content_bytes"] = out["bytes_mean"] - out["header_bytes"]
-    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / pixels)
-    out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / pixels)
+    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / out["codec"].map(pixels))
+    out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / (shape[0] * shape[1]))
+    columns = {"median_img_s": "img_s", "median_mpx_s": "mpx_s"}
     if len(throughput):
-        rates = throughput[throughput["device"] == device].pivot_table(
-            index="codec", columns="direction", values="median_img_s")
-        rates = rates.rename(columns=lambda d: f"{d}_img_s").reset_index()
-        out = out.merge(rates, on="codec", how="left")
-    for col in ("encode_img_s", "decode_img_s"):
+        on = throughput[throughput["device"] == device]
+        for value, suffix in columns.items():
+            rates = on.pivot_table(index="codec", columns="direction", values=value)
+            rates = rates.rename(columns=lambda d, s=suffix: f"{d}_{s}").reset_index()
+            out = out.merge(rates, on="codec", how="left")
+    for col in ("encode_img_s", "decode_img_s", "encode_mpx_s", "decode_mpx_s"):
         if col not in out:
             out[col] = np.nan
     return out.merge(breakeven(out), on="codec", how="left")

@@ -184,6 +184,9 @@ class AutoencoderCodec(LearnedCodec):
         self.trained = data.train.shape[1:]  # one canvas, no size header
         super().prepare(data)
 
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        return 0 if tuple(shape) == tuple(self.trained) else tiles.HEADER
+
     # -- coding --------------------------------------------------------------------------
 
     @property

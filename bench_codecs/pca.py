@@ -75,6 +75,9 @@ class PCACodec(Codec):
         b = self._require()
         return 4 * (b.mean.size + b.components.size + b.std.size)
 
+    def header_bytes(self, shape: tuple[int, int]) -> int:
+        return 0 if tuple(shape) == tuple(self.shape) else tiles.HEADER
+
     def _require(self) -> PCABasis:
         if self.basis is None:
             raise CodecError(f"{self.name} is not fitted: call .fit(training_data) first")

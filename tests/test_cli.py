@@ -49,6 +49,12 @@ def test_run_writes_tables_with_the_promised_columns(run_dir):
     per_image = pd.read_csv(run_dir / "per_image.csv")
     assert len(per_image) == 1000 * len(summary)  # every test image, every codec and sweep point
     assert set(per_image["label"]) == set(range(10))
+    assert set(per_image["height"]) == set(per_image["width"]) == {28}
+    # Megapixels per second beside images per second; what each learned codec was fitted on.
+    np.testing.assert_allclose(main_rows["encode_mpx_s"], main_rows["encode_img_s"] * 784 / 1e6, rtol=1e-6)
+    assert ae["fit_images"] == 3600 and ae["fit_pixels"] == 3600 * 784
+    assert ae["fit_validation_images"] == 400 and len(str(ae["validation_loss"]).split(";")) == 1
+    assert pd.isna(png["fit_images"])
 
 
 def test_report_has_every_section_and_per_class_rows(run_dir):
@@ -61,6 +67,12 @@ def test_report_has_every_section_and_per_class_rows(run_dir):
     assert "`mnist-5k`" in text and "3,600 train" in text and "400 validation" in text
     assert "1,000 test" in text
     assert "This run, by MSE: ae95:epochs=1: easiest " in text
+    starved = text.split("### Is the learned side starved of data or training?")[1].split("## ")[0]
+    assert "| ae95:epochs=1 | 3,600 images of 28x28 (2.82 Mpx); 400 validation images" in \
+        re.sub(" +", " ", starved)
+    assert "**cannot tell**: 1 epoch" in starved and "| pca95" in starved
+    assert "encode MPx/s" in text and "median MPx/s" in text
+    assert "## Per image size" not in text and "Training size" not in text  # one size
     mse_table = text.split("### MSE")[1].split("###")[0]
     rows = [line for line in mse_table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 6  # header + one row per codec
@@ -208,3 +220,24 @@ def test_auto_sweep_is_the_default_curve_of_a_name_and_the_own_curve_of_a_spec()
     assert {s.curve for s in trained} == {"factorized:epochs=1"} and len(trained) == 8
     with pytest.raises(BenchError, match="'none' cannot be combined"):
         _sweeps(SimpleNamespace(sweep="none,jpeg:quality=1/2"), specs)
+
+
+def test_a_run_saved_before_megapixels_and_mixed_sizes_still_renders(run_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    new_columns = {"summary": ["encode_mpx_s", "decode_mpx_s", "fit_images", "fit_pixels",
+                               "fit_validation_images", "fit_size", "train_loss", "validation_loss"],
+                   "throughput": ["batch_pixels", "median_mpx_s", "min_mpx_s", "max_mpx_s"],
+                   "per_image": ["height", "width", "header_bytes"]}
+    for name, columns in new_columns.items():
+        table = pd.read_csv(old / f"{name}.csv")
+        table.drop(columns=columns).to_csv(old / f"{name}.csv", index=False)
+    assert main(["report", str(old)]) == 0
+    text = (old / "report.md").read_text()
+    assert "Is the learned side starved" not in text  # nothing to read it from
+    from bench.report import _mpx
+
+    first = pd.read_csv(run_dir / "throughput.csv").iloc[0]
+    assert f"| {_mpx(first['median_mpx_s'])} " in text  # megapixels/s from img/s and the image size

@@ -126,12 +126,60 @@ def test_folder_errors_are_clear(tmp_path):
     with pytest.raises(DatasetError, match="no images found"):
         load_dataset(f"folder:{tmp_path}")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
-    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "b.png")
-    with pytest.raises(DatasetError, match="differ in size"):
+    with pytest.raises(DatasetError, match="needs at least 2 images"):
         load_dataset(f"folder:{tmp_path}")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "b.png")
+    assert load_dataset(f"folder:{tmp_path}").mixed  # sizes may differ (test_mixed_sizes.py)
+    Image.fromarray(np.zeros((1025, 8), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(DatasetError, match="larger than 1024x1024"):
+        load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "big.png").unlink()
     (tmp_path / "c.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="not a readable image"):
         load_dataset(f"folder:{tmp_path}")
+
+
+def test_photo_crops_load_offline_seeded_with_the_promised_shape(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("photo-crops must not touch the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    ds = load_dataset("photo-crops")
+    assert ds.name == "photo-crops" and ds.classes == data.PHOTO_FILES and len(ds.classes) == 10
+    n = len(ds.train) + len(ds.validation) + len(ds.test)
+    assert n == 2046  # every 32x32 grid crop of the ten files (256 of a 512x512 picture)
+    for split in (ds.train, ds.validation, ds.test):
+        assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32)
+    assert not ds.mixed and ds.shape == (32, 32) and len(ds.test) == 408
+    assert set(ds.test.labels) == set(range(10)) and set(ds.validation.labels) == set(range(10))
+    counts = np.bincount(np.concatenate([ds.train.labels, ds.validation.labels, ds.test.labels]))
+    assert counts.tolist() == [256, 256, 256, 126, 216, 108, 256, 256, 256, 60]
+    again = load_dataset("photo-crops")
+    assert again.fingerprint == ds.fingerprint and np.array_equal(again.test.images, ds.test.images)
+    other = data.load_photo_crops(seed=1)
+    assert other.fingerprint != ds.fingerprint
+    seen = {im.tobytes() for im in ds.train.images}
+    # Disjoint crops; only flat ones (astronaut's black sky) can be equal.
+    assert not any(im.tobytes() in seen for im in ds.test.images if im.min() < im.max())
+    assert all(im.std() > 0 for im in ds.test.images[ds.test.labels == 1])  # brick: texture, not flat
+    assert "skimage/data" in ds.source and "class = source image" in ds.source
+
+
+def test_photo_crops_are_crops_of_the_files_scikit_image_ships():
+    from importlib.resources import files
+
+    from PIL import Image
+
+    images, labels = data.read_photo_crops(seed=0)
+    with Image.open(files("skimage") / "data" / "chelsea.png") as im:
+        chelsea = np.asarray(im.convert("L"))
+    first = images[labels == data.PHOTO_FILES.index("chelsea")][0]
+    hits = [(y, x) for y in range(32) for x in range(32)
+            if np.array_equal(chelsea[y : y + 32, x : x + 32], first)]
+    assert len(hits) == 1  # the grid's seeded offset, inside the first 32x32 cell
 
 
 def test_unknown_dataset_suggests():
@@ -139,7 +187,7 @@ def test_unknown_dataset_suggests():
         load_dataset("mnist5k")
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "mnist-5k", "folder"])
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "mnist-5k", "photo-crops", "folder"])
 def test_a_normal_run_of_every_built_in_dataset_shows_no_library_warning(dataset, tmp_path):
     import subprocess
     import sys

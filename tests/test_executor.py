@@ -16,7 +16,7 @@ from bench.runner import run
 
 CODECS = "ae99:epochs=1,pca95,jpeg,zlib"
 SWEEP = "jpeg:quality=20/60"
-TIMING = ["encode_img_s", "decode_img_s", "job_seconds"]
+TIMING = ["encode_img_s", "decode_img_s", "encode_mpx_s", "decode_mpx_s", "job_seconds"]
 
 
 def bench(*args, **kwargs):
@@ -87,20 +87,20 @@ def test_a_failing_job_is_named_the_run_finishes_the_others_and_exits_1(tmp_path
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for i in range(12):  # 30x30: the autoencoder needs sides divisible by 4, png does not care
+    for i in range(12):  # 12x12: 144 pixels, fewer than pca50's 392 components; png does not care
         (tmp_path / "imgs" / str(i % 2)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
             tmp_path / "imgs" / str(i % 2) / f"{i}.png")
     out = tmp_path / "out"
-    proc = bench("run", "--dataset", f"folder:{tmp_path / 'imgs'}", "--codecs", "ae99:epochs=1,png",
+    proc = bench("run", "--dataset", f"folder:{tmp_path / 'imgs'}", "--codecs", "pca50,png",
                  "--sweep", "none", "--no-tsne", "--rounds", "3", "--cache-dir", str(tmp_path / "c"),
                  "--out", str(out), "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "job ae99:epochs=1 failed: CodecError: the autoencoder needs image sides divisible by 4" \
-        in proc.stderr
+    assert "job pca50 failed: CodecError: PCA with 392 components needs images of at least 392 " \
+        "pixels" in proc.stderr
     assert "Traceback" not in proc.stderr
     report = (out / "report.md").read_text()
-    assert "## Failed jobs" in report and "divisible by 4" in report
+    assert "## Failed jobs" in report and "needs images of at least 392 pixels" in report
     assert pd.read_csv(out / "summary.csv")["codec"].tolist() == ["png"]
 
 

@@ -71,3 +71,10 @@ def test_aggregate_of_a_lossless_codec_is_infinite_not_an_error(pair):
     rows["codec"] = "png"
     agg = metrics.aggregate(rows, ["codec"])
     assert np.isinf(agg.loc[0, "psnr_db"]) and pd.isna(agg.loc[0, "psnr_std"])
+
+
+def test_per_image_rows_carry_their_size_and_bpp_of_their_own_pixels():
+    a = np.zeros((2, 20, 30), np.uint8)
+    rows = metrics.per_image(a, a, np.array([75, 150]))
+    assert rows["height"].tolist() == [20, 20] and rows["width"].tolist() == [30, 30]
+    assert rows["bpp"].tolist() == [1.0, 2.0]  # 75 bytes * 8 / 600 pixels
