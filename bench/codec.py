@@ -181,6 +181,11 @@ class Codec:
         """Fit on `data.train`, choose on `data.validation`; called once before encoding."""
         return self
 
+    def restore(self, data: TrainingData) -> Codec:
+        """A fitted codec just unpickled (a parallel run's job returns it) makes itself ready to
+        code again, without fitting again; `data` is what it was fitted on."""
+        return self
+
     @property
     def side_info_bytes(self) -> int:
         """Bytes a decoder needs once for all images (weights, shared tables)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -112,7 +113,7 @@ class JobInputs:
     threads: int  # PyTorch threads: float results depend on it, so every worker uses the same
     progress: bool
     log: Callable[[str], None]  # module-level (picklable) for workers
-    keep_codec: bool  # jobs run in this process: their fitted codecs are timed afterwards
+    in_process: bool  # jobs run in this process (not in worker processes)
 
     def training(self) -> TrainingData:
         return TrainingData(self.train, self.validation, self.cache_dir, self.train_device,
@@ -124,7 +125,7 @@ class JobResult:
     row: dict | None = None
     per_image: pd.DataFrame | None = None
     decoded: np.ndarray | None = None
-    codec: Codec | None = None  # the fitted codec, when the job ran in this process
+    codec: Codec | None = None  # the fitted codec, to be timed afterwards (see _returned)
     error: str = ""  # why the job failed: one line
 
 
@@ -154,10 +155,20 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         row = _codec_row(job.spec, codec, job.role, frame, (inputs.train, inputs.validation))
         row["job_seconds"] = time.perf_counter() - start  # fit (or cache load) and quality
         decoded = batches.assemble(parts, len(inputs.test)) if job.keep_decoded else None
-        return JobResult(row, frame, decoded, codec if inputs.keep_codec else None)
+        return JobResult(row, frame, decoded, codec if inputs.in_process else _returned(codec))
     except Exception as exc:  # reported with its spec; the other jobs go on
         first = (str(exc).splitlines() or [""])[0]
         return JobResult(error=f"{type(exc).__name__}: {first}"[:300 - len(where)] + where)
+
+
+def _returned(codec: Codec) -> Codec | None:
+    """The fitted codec as a worker's job returns it: pickled (a learned codec leaves out what
+    its `prepare` derives), or None when it does not pickle, and the main process fits it again."""
+    try:
+        pickle.dumps(codec)
+    except Exception:
+        return None
+    return codec
 
 
 def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list[Spec] = (),
@@ -181,7 +192,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     inputs = JobInputs(train, validation, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
                        progress and not backend.parallel, _log if backend.parallel else log,
-                       keep_codec=not backend.parallel)
+                       in_process=not backend.parallel)
     jobs = [QualityJob(s, role, devices_for(s, devices)[0], role == "main")
             for role, group in (("main", specs), ("sweep", sweeps)) for s in group]
     bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=None if progress else True)
@@ -217,14 +228,15 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
                         if j.keep_decoded and j.spec.info.family in tsne_families}
 
     # Speed is measured here, after the jobs, one codec at a time: never under parallel load.
-    # A codec fitted by its job is timed as it is; one fitted elsewhere (a worker, another
-    # device) is fitted again here, which for a learned codec loads the model its job cached.
+    # A codec fitted by its job is timed as it is (from a worker, its model prepared again here);
+    # one fitted for another device is fitted here, which loads the model its job cached.
     timed = throughput_batch(test.images, batch)
     fitted = {(j.spec.canonical, j.device): r.codec for j, r in ok if r.codec is not None}
     training = replace(inputs, progress=progress, log=log).training()
 
     def time_on(spec: Spec, device: str) -> list[dict]:
-        codec = fitted.get((spec.canonical, device)) or spec.build(device).fit(training)
+        codec = fitted.get((spec.canonical, device))
+        codec = codec.restore(training) if codec is not None else spec.build(device).fit(training)
         return _throughput(codec, spec, device, timed, rounds, warmup)
 
     speed = []
