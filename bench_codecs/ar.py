@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -250,14 +251,12 @@ class ARCodec(LearnedCodec):
         views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(np.diff(g.bounds))}
         rec_of = torch.from_numpy(quantiser(self.levels)[1]).to(dev, t.dtype)
         x = torch.zeros((n, g.pad_size), dtype=t.dtype, device=dev)
-        for idx in g.steps:
-            k = len(idx)
-            ctx = x[:, torch.from_numpy(g.base[idx, None] + g.context).to(dev)].reshape(n * k, -1)
-            bins = torch.from_numpy(g.bins[idx]).to(dev).repeat(n)
-            a2, cw = self._network(t, ctx, bins, self.levels == 256)
+        for where, bins, at in _steps(*g.shape, str(dev)):
+            k = len(at)
+            ctx = x[:, where].reshape(n * k, -1)
+            a2, cw = self._network(t, ctx, bins.repeat(n), self.levels == 256)
             coarse[:, :k] = cw.view(n, k, -1).cpu().numpy()
             sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
-            at = torch.from_numpy(g.at[idx]).to(dev)
             if self.levels != 256:
                 x[:, at] = rec_of[torch.from_numpy(sym).to(dev).long()].view(n, k)
                 continue
@@ -293,6 +292,15 @@ class ARLossyCodec(ARCodec):
                  device: str = "cpu"):
         super().__init__(width, epochs, seed, device)
         self.levels = levels
+
+
+@lru_cache(maxsize=8)
+def _steps(h: int, w: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per wavefront step of an h x w image, on `device`: where its pixels' contexts are in the
+    padded image (k, 17), their position bins and where the pixels themselves are."""
+    g = geometry(h, w)
+    return [tuple(torch.from_numpy(a).to(device) for a in (g.base[idx, None] + g.context, g.bins[idx],
+                                                           g.at[idx])) for idx in g.steps]
 
 
 # -- worker processes: a receiver per network, built from the side information -------------------
