@@ -161,6 +161,27 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         return JobResult(error=f"{type(exc).__name__}: {first}"[:300 - len(where)] + where)
 
 
+def _waves(jobs: list[QualityJob], inputs: JobInputs) -> list[list[int]]:
+    """Job indices in two waves for parallel workers: first one job per model to train (learned
+    codecs first, since they take longest) and every job of a codec without one, then the jobs
+    that reuse a model the first wave trained (the other qualities of a variable-rate model, say),
+    which would otherwise train it again at the same time."""
+    first, second, seen = [], [], set()
+    training = inputs.training()
+    for i, job in enumerate(jobs):
+        try:
+            key = job.spec.build(job.device).cache_key(training)
+        except Exception:  # no model cache, or a codec that fails: its job says why
+            key = None
+        if key is not None and key in seen:
+            second.append(i)
+        else:
+            first.append(i)
+            seen.add(key)
+    first.sort(key=lambda i: not jobs[i].spec.info.learned)
+    return [wave for wave in (first, second) if wave]
+
+
 def _returned(codec: Codec) -> Codec | None:
     """The fitted codec as a worker's job returns it: pickled (a learned codec leaves out what
     its `prepare` derives), or None when it does not pickle, and the main process fits it again."""
@@ -207,8 +228,12 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
         return {"num_gpus": 1} if job.device.startswith("cuda") else {"num_cpus": 1}
 
     start = time.perf_counter()
+    results: list[JobResult | None] = [None] * len(jobs)
     try:
-        results = execute(quality_job, jobs, inputs, backend, done, resources)
+        for wave in _waves(jobs, inputs) if backend.parallel else [list(range(len(jobs)))]:
+            for i, result in zip(wave, execute(quality_job, [jobs[i] for i in wave], inputs, backend,
+                                               lambda k, r, wave=wave: done(wave[k], r), resources)):
+                results[i] = result
     finally:
         bar.close()
     phases = {"jobs": time.perf_counter() - start}
