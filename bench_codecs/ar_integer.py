@@ -7,10 +7,13 @@ float network outputs differ across batch sizes, thread counts and devices. Matm
 on these integers, and every partial sum is bounded by sum|w| * 255 + |b| < 2**24 (checked at
 export and whenever a network is loaded), so every float32 addition is exact in any order: BLAS
 blocking, threads, batch splits. On CUDA they run in float64 (exact below 2**53, and immune to TF32
-settings). Re-quantisation multiplies in float64 by a dyadic constant k / 2**20 (exact), then
-floor(x + 0.5) and clamp. Integer logits (1/16 nat) become integer weights through a fixed table
-EXP[d] = round(2**20 exp(-d/16)); constriction gets C-contiguous float64 arrays of exact integers,
-identical on both sides.
+settings). Re-quantisation multiplies each accumulator (an integer below 2**24, so exact in
+float32) by a float32 constant made once from k / 2**20, then takes floor(x + 0.5) and clamps: a
+fixed sequence of elementwise IEEE-754 float32 operations, each correctly rounded, which every
+machine and device computes alike whatever the batch or thread count (no sums are involved, and
+no two operations are fused). Integer logits (1/16 nat) become integer weights through a fixed
+table EXP[d] = round(2**20 exp(-d/16)); constriction gets C-contiguous float64 arrays of exact
+integers, identical on both sides.
 """
 
 from __future__ import annotations
@@ -186,7 +189,11 @@ class IntInference:
         self.dtype = dtype or (torch.float64 if self.device.type == "cuda" else torch.float32)
         a = {k: torch.from_numpy(v).to(self.device) for k, v in net.a.items()}
         f = {k: v.to(self.dtype) for k, v in a.items() if not k.startswith("k")}
-        self.m = {k: v.double() / 2.0**MULT_BITS for k, v in a.items() if k.startswith("k")}
+        # The multipliers as float32 (from the exact float64 quotient, rounded once, on the CPU):
+        # the requantisation below is then the same sequence of IEEE-754 float32 operations on
+        # every device, elementwise, so every machine computes the same integers.
+        self.m = {k: (torch.from_numpy(v).double() / 2.0**MULT_BITS).float().to(self.device)
+                  for k, v in net.a.items() if k.startswith("k")}
         self.w1, self.w2, self.b2, self.wc, self.bc = f["w1"], f["w2"], f["b2"], f["wc"], f["bc"]
         pos = a["pos"]  # position bin + constant + level: (levels, BINS**2, W) exact integers
         self.b1 = (pos[None, :-1] + pos[-1] + a["lvl"][:, None]).to(self.dtype)
@@ -198,7 +205,7 @@ class IntInference:
         self.zero = {}  # level index -> activations and coarse weights of all-zero contexts
 
     def _requant(self, acc: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        a = acc * m  # in float64, exact: |acc| < 2**24 and m = k / 2**20 with k < 2**28
+        a = acc.float() * m  # |acc| < 2**24: exact in float32, whatever the matmul's dtype
         return a.add_(0.5).floor_().clamp_(0.0, 255.0).to(self.dtype)
 
     def hidden(self, ctx: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
@@ -208,7 +215,7 @@ class IntInference:
 
     def _weights(self, acc: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Accumulators -> integer logits (1/16 nat) -> integer weights EXP[max - logit]."""
-        logits = (acc * m).add_(0.5).floor_()
+        logits = (acc.float() * m).add_(0.5).floor_()
         d = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=D_MAX).long()
         return self.exp.index_select(0, d.view(-1)).view(d.shape)  # a gather, many times faster
 
@@ -231,7 +238,7 @@ class IntInference:
                 acc[sel] = a2[sel] @ self.wf[k] + self.bf[k]
         else:
             acc = (a2 @ self.wf_all).view(n, NG, NF)[torch.arange(n, device=self.device), g] + self.bf[g]
-        logits = (acc * self.m["kf"][g]).add_(0.5).floor_()
+        logits = (acc.float() * self.m["kf"][g]).add_(0.5).floor_()
         last = g == NG - 1
         logits[last, NF - 1] = -1e9
         out = torch.zeros((n, NC), dtype=torch.float64, device=self.device)
