@@ -227,3 +227,29 @@ def test_the_timed_batch_of_mixed_sizes_is_tiled_and_grouped():
     assert batches.is_mixed(throughput_batch(images, 2))
     one = throughput_batch(images[[0, 2]], 3)
     assert one.shape == (3, 20, 20)  # a selection of one size is a uniform batch
+
+
+LEARNED = "ae95:epochs=1,factorized:epochs=1,ar:width=16:epochs=1,ar-lossy:width=16:epochs=1"
+
+
+@pytest.mark.parametrize("sizes", [{(32, 32): 12}, {(40, 24): 12}, MIXED], ids=["32x32", "40x24", "mixed"])
+def test_learned_codecs_code_folders_of_any_size(sizes, tmp_path):
+    """Through `bench run` as a user would run it, with the learned codecs (one epoch) beside
+    classical ones: every job succeeds, every test image gets a row at its own size, and the
+    lossless learned codec gives every image back exactly."""
+    root = tmp_path / "images"
+    write_folder(root, {"a": sizes, "b": sizes}, seed=1)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--dataset", f"folder:{root}",
+                           "--codecs", f"{LEARNED},jpeg,webp,jpegls,png", "--sweep", "none",
+                           "--no-tsne", "--rounds", "3", "--out", str(out), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = pd.read_csv(out / "per_image.csv")
+    dataset = load_dataset(f"folder:{root}")
+    expected = batches.pixels(dataset.test.images)
+    for codec, group in rows.groupby("codec"):
+        assert len(group) == len(dataset.test), codec
+        assert ((group["height"] * group["width"]).to_numpy() == expected).all(), codec
+    lossless = rows[rows["codec"].str.startswith("ar:")]
+    assert np.isinf(lossless["psnr_db"]).all()
