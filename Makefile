@@ -7,7 +7,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 BENCH_JSON_DIR ?= .benchmarks
 
-.PHONY: run test bench bench-compare lint clean
+.PHONY: run test test-slow bench bench-compare lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ $(VENV)/.installed-test: pyproject.toml examples/linear-plugin/pyproject.toml | 
 run: $(VENV)/.installed-run
 	$(PY) -m bench run $(ARGS)
 
+# The tests, with tiny models; test-slow: the default recipes against their quality bars.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # pytest-benchmark suite; JSON saved under $(BENCH_JSON_DIR) for bench-compare.
 bench: $(VENV)/.installed-test

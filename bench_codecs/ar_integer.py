@@ -57,8 +57,8 @@ def _dyadic(m: np.ndarray) -> np.ndarray:
 class IntNet:
     """The decoder's network, all integers: what the side information carries.
 
-    Arrays (int64 numpy): w1 (17, W), pos (H + W + 1, W) row, column and constant biases of layer
-    1, lvl (levels, W), w2 (W, W), b2, wc (W, 17), bc, wf (16, W, 16), bf (16, 16) and the dyadic
+    Arrays (int64 numpy): w1 (17, W), pos (BINS**2 + 1, W) position-bin and constant biases of
+    layer 1, lvl (levels, W), w2 (W, W), b2, wc (W, 17), bc, wf (16, W, 16), bf (16, 16) and the dyadic
     numerators k1, k2, kc, kf. `to(device)` makes the tensors that inference uses.
     """
 

@@ -200,7 +200,7 @@ class AutoencoderCodec(LearnedCodec):
         host, chunk = host_tensor(canvases), self._chunk
         out = torch.empty((len(canvases), self.latent), dtype=torch.uint8)
         with self.inference(), self.autocast_context():
-            for i in range(0, len(images), chunk):
+            for i in range(0, len(canvases), chunk):
                 x = host[i : i + chunk].to(self.device, non_blocking=True).unsqueeze(1)
                 x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
                 z = model.encoder(x)

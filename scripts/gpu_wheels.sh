@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TARGET_PY=${TARGET_PY:-3.12}
-packages=(imagecodecs mlxtend platformdirs constriction bjontegaard)
+packages=(imagecodecs mlxtend platformdirs constriction bjontegaard zstandard)
 pins=$("$PY" -c 'import sys; from importlib.metadata import version
 print(" ".join(f"{p}=={version(p)}" for p in sys.argv[1:]))' "${packages[@]}")
 platforms=()

@@ -124,6 +124,14 @@ def test_wrong_payloads_are_refused(ae39, digits):
         AutoencoderCodec(39).encode(digits)
 
 
+def test_every_tile_of_a_large_batch_is_coded(ae39, digits):
+    """More tiles than images and than one chunk of the encoder: each tile coded as if alone."""
+    images = np.concatenate([np.tile(digits[:150], (1, 2, 2))])  # 150 images of 56x56, 600 tiles
+    decoded = ae39.decode(ae39.encode(images))
+    alone = np.concatenate([ae39.decode(ae39.encode(images[i : i + 1])) for i in (0, 75, 149)])
+    assert np.array_equal(decoded[[0, 75, 149]], alone)
+
+
 @pytest.mark.parametrize("shape", [(32, 32), (40, 24), (20, 20), (64, 48), (8, 8), (256, 256)])
 def test_images_of_another_size_travel_in_tiles_with_their_size(shape, ae39, digits):
     """Tiles of the 28x28 canvas, edge-padded, after a 3-byte size; the decoded image is the size
