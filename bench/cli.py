@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.codec import BenchError
+from bench.timing import MIN_ROUNDS
 
 DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,"
                   "jpegls-near:shared_header=1,png,zlib")
 REPORTS = Path("reports")
-MIN_ROUNDS = 3  # a median needs three
 
 
 def _log(msg: str) -> None:
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None,
                    help="output folder (default: a new folder under reports/)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    r.add_argument("--rounds", type=int, default=5, help=f"timed rounds per measurement, at least "
-                   f"{MIN_ROUNDS} (default 5)")
+    r.add_argument("--rounds", type=int, default=5, help=f"timed rounds per measurement at most, "
+                   f"at least {MIN_ROUNDS} (default 5; past {MIN_ROUNDS}, none starts after a "
+                   "second of timed rounds)")
     r.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls (default 1)")
     r.add_argument("--batch", type=int, default=None,
                    help="images per timed call (default: the whole test split)")

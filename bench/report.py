@@ -350,8 +350,9 @@ def _throughput(r: RunResult) -> str:
         "## Throughput",
         "",
         f"Timed region: host uint8 images in, payload bytes out (encode), and back (decode), "
-        f"host-device copies included; {r.meta['warmup']} warm-up call(s), then the median of "
-        f"{r.meta['rounds']} timed rounds (range = slowest – fastest round); CUDA is synchronised "
+        f"host-device copies included; {r.meta['warmup']} warm-up call(s), then the median of up to "
+        f"{r.meta['rounds']} timed rounds (at least 3; past 3, no round starts after a second of "
+        "timed rounds; the *rounds* column) (range = slowest – fastest round); CUDA is synchronised "
         "before and after each round. PSNR is measured on the timed batch, per device. The "
         "selected codecs are timed on every selected device; the settings the verdict names "
         "(often sweep points) on the first device that runs them. Each codec is timed alone, "

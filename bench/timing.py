@@ -28,15 +28,23 @@ class Throughput:
         return self.images / min(self.seconds)
 
 
+MIN_ROUNDS = 3  # a median needs three
+ROUNDS_BUDGET_S = 1.0  # past MIN_ROUNDS, no new round starts once the timed rounds took this long
+
+
 def measure(fn: Callable[[], object], images: int, rounds: int = 5, warmup: int = 1,
             device: str = "cpu") -> tuple[Throughput, object]:
-    """Time `fn` (which must do the whole user-visible job) and return its last result too."""
+    """Time `fn` (which must do the whole user-visible job) and return its last result too: at
+    most `rounds` rounds, and no more than MIN_ROUNDS once they took ROUNDS_BUDGET_S (a slow
+    codec's rounds vary little relative to their length; a fast one's get every round)."""
     sync = _synchronizer(device)
     result = None
     for _ in range(warmup):
         result = fn()
     seconds = []
     for _ in range(max(rounds, 1)):
+        if len(seconds) >= MIN_ROUNDS and sum(seconds) >= ROUNDS_BUDGET_S:
+            break
         sync()
         start = time.perf_counter()
         result = fn()
