@@ -111,10 +111,18 @@ def section(summary: pd.DataFrame, meta: dict) -> str:
     if learned.empty:
         return ""
     rows = []
-    for _, r in learned.iterrows():
+    # Settings that share one trained model (a variable-rate codec's sweep points) share a row;
+    # codecs with no loss history (fitted in closed form) keep one row each.
+    same_model = [r.get("curve", r["codec"]) + str(r.get("train_loss")) + str(r.get("validation_loss"))
+                  if parse(r.get("train_loss")) else r["codec"] for _, r in learned.iterrows()]
+    for _, group in learned.groupby(same_model, sort=False):
+        r = group.iloc[0]
         train, validation = parse(r.get("train_loss")), parse(r.get("validation_loss"))
         reading = read(train, validation)
-        rows.append({"codec": r["codec"], "trained on": _trained_on(r, meta),
+        codec = r["codec"]
+        if len(group) > 1:
+            codec += f" and {len(group) - 1} more setting{'s' if len(group) > 2 else ''} (one model)"
+        rows.append({"codec": codec, "trained on": _trained_on(r, meta),
                      "epochs": str(len(train)) if train else "–",
                      "validation loss: first → lowest → last": _curve(validation),
                      "reading": f"**{reading.status}**: {reading.note}"})

@@ -261,8 +261,13 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
 
     def time_on(spec: Spec, device: str) -> list[dict]:
         codec = fitted.get((spec.canonical, device))
-        codec = codec.restore(training) if codec is not None else spec.build(device).fit(training)
-        return _throughput(codec, spec, device, timed, rounds, warmup)
+        try:
+            codec = codec.restore(training) if codec is not None else spec.build(device).fit(training)
+            return _throughput(codec, spec, device, timed, rounds, warmup)
+        except CodecError as e:  # one codec failing to be timed costs its speed, not the run
+            log(f"speed of {spec.canonical} on {device} not measured: {e}")
+            failed.append({"codec": spec.canonical, "error": f"speed on {device}: {e}"})
+            return []
 
     speed = []
     for job, _ in ok:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import imagecodecs
 import numpy as np
 
-from bench.codec import Payloads, check_images, fixed_rate_rows, payloads_to_decode
+from bench.codec import CodecError, Payloads, check_images, fixed_rate_rows, payloads_to_decode
 from bench_codecs.avif_container import avif_layout
 from bench_codecs.containers import (
     J2K_MAGIC,
@@ -32,8 +32,8 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 class Raw(ImageCodec):
     """The uncompressed reference: H*W bytes, no header.
 
-    The size is side information: taken from `fit` (or the last encode); without it,
-    payloads are decoded as square images.
+    The size is side information: taken from `fit` (or the first encode); without it, payloads
+    are decoded as square images. Since no payload says its size, one codec codes one size.
     """
 
     format = "raw"
@@ -50,6 +50,10 @@ class Raw(ImageCodec):
 
     def encode(self, images: np.ndarray) -> Payloads:
         images = check_images(images)
+        if self.shape is not None and images.shape[1:] != self.shape:
+            raise CodecError(f"{self.name} sends pixels only, so it codes the one size it was fitted "
+                             f"on ({self.shape[0]}x{self.shape[1]}), not {images.shape[1]}x"
+                             f"{images.shape[2]}; png or zlib code each image at its own size")
         self.shape = images.shape[1:]
         return Payloads.from_array(images.reshape(len(images), -1))
 

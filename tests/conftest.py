@@ -68,3 +68,15 @@ def training(images, cache_dir=None, validation=None, **kwargs):
 
     validation = images[-100:] if validation is None else validation
     return TrainingData(images, validation, cache_dir, progress=False, **kwargs)
+
+
+def run_in_fresh_python(args: list[str]):
+    """`bench` with args in a new interpreter; stdout ends with TORCH or NO-TORCH: whether the run
+    imported PyTorch (a run of classical codecs must not pay for it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench.cli import main; "
+            f"rc = main({args!r}); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,6 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.codec import BenchError
+from conftest import run_in_fresh_python
 
 RUN_CODECS = "jpeg,png,zlib,webp,ae95:epochs=1,pca95"
 
@@ -191,11 +192,8 @@ def test_train_then_run_reuses_the_model(tmp_path):
 
 
 def test_run_of_classical_codecs_does_not_import_torch(tmp_path):
-    code = ("import sys; from bench.cli import main; "
-            f"rc = main(['run', '--codecs', 'png,zlib', '--dataset', 'mnist-5k', '--rounds', '3', "
-            f"'--out', {str(tmp_path / 'out')!r}]); "
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = run_in_fresh_python(["run", "--codecs", "png,zlib", "--dataset", "mnist-5k", "--rounds",
+                                "3", "--out", str(tmp_path / "out")])
     assert proc.returncode == 0, proc.stderr
     assert "NO-TORCH" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
 

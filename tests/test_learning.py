@@ -38,6 +38,18 @@ def test_the_rule_looks_at_the_last_quarter_of_the_epochs():
     assert reading.status == "under-trained" and "over the last 2 epochs of 8" in reading.note
 
 
+def test_settings_of_one_model_share_a_row_and_closed_form_fits_keep_theirs():
+    summary = pd.DataFrame({
+        "codec": ["ar-lossy", "ar-lossy:levels=3", "ar-lossy:epochs=2", "pca50", "pca95"],
+        "curve": ["ar-lossy", "ar-lossy", "ar-lossy", "pca", "pca"],
+        "learned": [True] * 5, "fit_images": [100] * 5, "fit_pixels": [78400] * 5,
+        "train_loss": ["0.5;0.4", "0.5;0.4", "0.5;0.45", np.nan, np.nan],
+        "validation_loss": ["0.6;0.5", "0.6;0.5", "0.6;0.55", np.nan, np.nan]})
+    cells = [line.split("|")[1].strip() for line in learning.section(summary, {}).splitlines()
+             if line.startswith("| ")]
+    assert cells[1:] == ["ar-lossy and 1 more setting (one model)", "ar-lossy:epochs=2", "pca50", "pca95"]
+
+
 def test_a_curve_read_back_from_csv():
     assert learning.parse("0.5;0.25") == [0.5, 0.25]
     assert learning.parse(0.5) == [0.5]  # one epoch: CSV reads the cell as a number

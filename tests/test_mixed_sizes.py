@@ -12,6 +12,7 @@ from bench import images as batches
 from bench.data import load_dataset
 from bench.registry import get_codec, parse_specs
 from bench.runner import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, _tsne, run, sample_images, sample_indices
+from conftest import run_in_fresh_python
 
 CLASSICAL = "jpeg,webp,jpegls,png,zlib"
 MIXED = {(20, 20): 5, (28, 28): 8, (64, 48): 4}
@@ -203,13 +204,11 @@ def test_single_size_folders_run_as_before(tmp_path, size):
 
 def test_a_classical_run_on_a_mixed_folder_does_not_import_torch(mixed_folder, tmp_path):
     root, _ = mixed_folder
-    code = ("import sys; from bench.cli import main; "
-            f"rc = main(['run', '--codecs', 'png,jpeg', '--dataset', 'folder:{root}', '--rounds', "
-            f"'3', '--sweep', 'none', '--out', {str(tmp_path / 'out')!r}]); "
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "NO-TORCH" in proc.stdout
+    proc = run_in_fresh_python(["run", "--codecs", "png,jpeg,raw", "--dataset", f"folder:{root}",
+                                "--rounds", "3", "--sweep", "none", "--out", str(tmp_path / "out")])
+    # raw's payloads carry no size: its job fails with one line, the others are reported.
+    assert proc.returncode == 1 and "raw sends pixels only" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "NO-TORCH" in proc.stdout
     per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
     assert len(per_image) == 2 * 8 and set(per_image["height"]) == {20, 28, 64}
 
