@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.codec import BenchError
+from bench.executor import JOB_THREADS
 from bench.timing import MIN_ROUNDS
 
 DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,webp,"
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where trained models are cached (default: the user cache dir, or "
                        "$BENCH_CACHE_DIR)")
         q.add_argument("--threads", type=int, default=None, help="PyTorch threads for training "
-                       "and coding (default: one per core); part of the models' cache key, since "
-                       "float results depend on it")
+                       "and coding in every job (default 1: the jobs run one per core); part of the models' "
+                       "cache key, since float results depend on it")
         q.add_argument("--epochs", type=int, default=None,
                        help="training epochs for every learned codec (overrides :epochs=)")
 
@@ -338,10 +339,10 @@ def cmd_train(args, argv) -> int:
         raise BenchError(f"none of {', '.join(s.canonical for s in specs)} is trained; train takes "
                          "the specs of learned codecs, such as ae95 or 'ae*'")
     dataset = load_dataset(args.dataset, args.data_dir)
-    # The same thread count as `run` uses, so that `run` finds these models.
+    # The thread count `run` uses, so that `run` finds these models.
     train, validation = dataset.training  # of one size, as `run` fits them
     data = TrainingData(train, validation, args.cache_dir, devices[0], log=_log,
-                        threads=args.threads or os.cpu_count() or 1)
+                        threads=args.threads or JOB_THREADS)
     for spec in trainable:
         codec = spec.build(devices[0])
         start = time.perf_counter()
@@ -379,8 +380,7 @@ def cmd_fuzz(args, argv) -> int:
     specs = _specs(args)
     dataset = load_dataset(args.dataset, args.data_dir)
     train, validation = dataset.training
-    data = TrainingData(train, validation, args.cache_dir, log=_log,
-                        threads=args.threads or os.cpu_count() or 1)
+    data = TrainingData(train, validation, args.cache_dir, log=_log, threads=args.threads or JOB_THREADS)
     sample = validation[:4]  # one size, as a decode batch must be
     codecs = {s.canonical: s.build().fit(data) for s in specs}
     valid = {name: list(codec.encode(sample)) for name, codec in codecs.items()}

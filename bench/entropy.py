@@ -117,7 +117,7 @@ def finish(enc) -> bytes:
         top = ((lower - 1) ^ high).bit_length() - 1
         tail = (high >> top << top).to_bytes(8, "big").rstrip(b"\0")
         if tail:
-            return written[:pos].byteswap().tobytes() + tail
+            return written[:pos].astype(">u4").tobytes() + tail
     prefix = int.from_bytes(written[:pos].astype(">u4").tobytes(), "big")
     if lower + rng >= 1 << 64 and lower + (1 << 32) - 1 >= 1 << 64:
         prefix -= 1  # undo the seal's carry: the carry is part of the interval below

@@ -14,6 +14,10 @@ from bench.codec import BenchError
 
 BACKENDS = ("serial", "joblib", "ray")
 RAY_CONNECT_TIMEOUT_S = 10.0
+# PyTorch threads of every job unless --threads says otherwise, whatever the backend, so that the
+# numbers do not depend on it: the default run has one worker per core, and two workers of two
+# threads on two cores trained two autoencoders 2.8x slower than two workers of one thread.
+JOB_THREADS = 1
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ shape group by shape group (`groups`, `stack`), and learned codecs train on `to_
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -99,12 +98,6 @@ def update_digest(h, images: np.ndarray) -> None:
     for im in images:
         h.update(repr(im.shape).encode())
         h.update(np.ascontiguousarray(im).tobytes())
-
-
-def digest(images: np.ndarray) -> str:
-    h = hashlib.sha256()
-    update_digest(h, images)
-    return h.hexdigest()[:16]
 
 
 def most_common_shape(images: np.ndarray) -> tuple[int, int]:

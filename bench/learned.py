@@ -187,6 +187,7 @@ class LearnedCodec(Codec):
         self.trained_now = False
         self.history = History()
         self.checkpoint: Path | None = None
+        self.weights_digest = ""  # tensors_digest of the fitted model's weights
         self.run_threads: int | None = None  # the run's thread count, from fit
         self.library = f"torch {torch.__version__}"
 
@@ -272,7 +273,8 @@ class LearnedCodec(Codec):
             with torch_threads(self.threads(training=True)):
                 self.history = self.train_model(self.model, data)
             weights = self.model.state_dict()
-            state = {"key": key, "model": weights, "digest": tensors_digest(weights),
+            self.weights_digest = tensors_digest(weights)
+            state = {"key": key, "model": weights, "digest": self.weights_digest,
                      "history": asdict(self.history)}
             try:
                 atomic_write(path, lambda f: torch.save(state, f))
@@ -293,7 +295,7 @@ class LearnedCodec(Codec):
                 raise ValueError("its tensors do not match their digest: the file was damaged")
             self.model = self.build_model(shape)
             self.model.load_state_dict(state["model"])
-            self.history = History(**state["history"])
+            self.history, self.weights_digest = History(**state["history"]), state["digest"]
             self.prepare(data)
         except Exception as exc:  # any unreadable file is retrained, never trusted
             data.log(f"checkpoint {path} is corrupt or incompatible ({str(exc)[:120]}); retraining")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import time
@@ -17,7 +16,7 @@ from bench import images as batches
 from bench import metrics
 from bench.codec import Codec, CodecError, TrainingData, decode_checked
 from bench.data import Dataset
-from bench.executor import Backend, execute
+from bench.executor import JOB_THREADS, Backend, execute
 from bench.registry import Spec
 from bench.results import RunResult, VerdictOptions
 from bench.timing import device_name, measure
@@ -211,7 +210,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     sweeps = [s for s in sweeps if devices_for(s, devices) and s not in specs]
     train, validation = dataset.training  # one size (bench.images' rule when the data mix sizes)
     inputs = JobInputs(train, validation, test.images, test.labels,
-                       cache_dir, train_device or devices[0], threads or os.cpu_count() or 1,
+                       cache_dir, train_device or devices[0], threads or JOB_THREADS,
                        progress and not backend.parallel, _log if backend.parallel else log,
                        in_process=not backend.parallel)
     jobs = [QualityJob(s, role, devices_for(s, devices)[0], role == "main")

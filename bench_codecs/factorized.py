@@ -263,8 +263,8 @@ class FactorizedCodec(LearnedCodec):
     def _receiver_args(self) -> tuple:
         """What a worker process needs to code as this codec does (see _receiver)."""
         stat = self.checkpoint.stat()
-        return (type(self), self.name, self.quality, str(self.checkpoint), (stat.st_mtime_ns, stat.st_size),
-                self.require_model().shape)
+        return (type(self), self.name, self.quality, str(self.checkpoint),
+                (stat.st_mtime_ns, stat.st_size, self.weights_digest), self.require_model().shape)
 
     def model_bits(self, images: np.ndarray) -> np.ndarray:
         """The code length of each image's latents under the integer tables it is coded with
@@ -287,6 +287,9 @@ def _receiver(cls: type, name: str, quality: int, checkpoint: str, stamp: tuple,
     if key not in _RECEIVERS:
         if codec._load(path, path.stem.rsplit("-", 1)[-1], shape, data) is None:
             raise CodecError(f"{name}: a worker process could not load {checkpoint}: {errors}")
+        if codec.weights_digest != stamp[-1]:  # the file was rewritten since this run loaded it
+            raise CodecError(f"{name}: {checkpoint} holds other weights than this run's model; "
+                             "run again")
         _RECEIVERS.clear()
         _RECEIVERS[key] = {(quality, name): codec}
     codecs = _RECEIVERS[key]

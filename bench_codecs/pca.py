@@ -30,6 +30,9 @@ class PCABasis:
         return 2 * SPAN * self.std
 
 
+# Up to 64x64 the basis comes from the pixel covariance (128 MiB at that size); above, from an SVD
+# of the training images, whose cost grows with their number, not with pixels squared.
+COVARIANCE_MAX_PIXELS = 64 * 64
 _EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a family
 
 
@@ -38,7 +41,11 @@ def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if key not in _EIGEN_CACHE:
         x = images.reshape(len(images), -1).astype(np.float64) / 255.0
         mean = x.mean(axis=0)
-        eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+        if x.shape[1] <= max(len(x), COVARIANCE_MAX_PIXELS):
+            eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+        else:  # large images, fewer of them than pixels: the pixel covariance would not fit
+            _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+            eigval, eigvec = s**2 / max(len(x) - 1, 1), vt.T
         _EIGEN_CACHE.clear()
         _EIGEN_CACHE[key] = (mean, eigval, eigvec)
     return _EIGEN_CACHE[key]
@@ -48,6 +55,9 @@ def fit_pca(images: np.ndarray, k: int) -> PCABasis:
     images = np.ascontiguousarray(images)
     if k > images.shape[1] * images.shape[2]:
         raise CodecError(f"PCA with {k} components needs images of at least {k} pixels")
+    if k > len(images) and images.shape[1] * images.shape[2] > COVARIANCE_MAX_PIXELS:
+        raise CodecError(f"PCA with {k} components needs at least {k} training images of "
+                         f"{images.shape[1]}x{images.shape[2]}, got {len(images)}")
     mean, eigval, eigvec = _eigen(images)
     order = np.argsort(eigval)[::-1][:k]
     std = np.sqrt(np.maximum(eigval[order], 1e-12))

@@ -337,6 +337,23 @@ def test_damaged_checkpoints_are_reported_and_retrained(mnist5k, tmp_path):
         assert torch.equal(pa, pb)  # seeded: the retrained model is the same model
 
 
+
+def test_worker_processes_refuse_a_checkpoint_rewritten_since_the_run_loaded_it(
+        tiny, mnist5k, cache, tmp_path):
+    """Workers load the model from its checkpoint: if the file now holds other weights (say, a
+    second run retrained it under the same key), they refuse rather than code with them."""
+    codec = FactorizedCodec(quality=6, epochs=1).fit(training(mnist5k.train.images[:600], cache))
+    codec.checkpoint = tmp_path / tiny.checkpoint.name
+    state = torch.load(tiny.checkpoint, weights_only=True)
+    state["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["digest"] = tensors_digest(state["model"])
+    torch.save(state, codec.checkpoint)
+    images = mnist5k.test.images[:300]
+    codec.inference_processes = 2
+    assert codec.processes(len(images)) == 2
+    with pytest.raises(CodecError, match="holds other weights than this run's model"):
+        codec.encode(images)
+
 # -- the quality bars (slow: one short model for five qualities, the four autoencoders and two
 # classical sweeps, trained and measured once: 95 s on this 2-core machine) -------------------------
 

@@ -1,7 +1,9 @@
 """Payloads of fixed tiny models, held byte for byte against stored digests, so that a refactor
 cannot change a payload unnoticed. The models are untrained (seeded initial weights, plus the
-tables or integer export their codec derives from them): no training, so no float sums whose
-order a CPU type could change."""
+tables or integer export their codec derives from them), so no training run can move them. `ar`
+codes with integers only; the autoencoders, PCA and `factorized` compute in float32, so their
+digests hold for one build of PyTorch on one CPU family (x86-64 here and in CI), not on every
+machine."""
 
 import hashlib
 
@@ -16,12 +18,6 @@ from conftest import training
 # spec -> sha256 of (payload buffer, payload sizes, decoded images), first 16 hex digits
 DIGESTS = {
     "ae95": "eb536d25fec25ac3", "ae99": "aa693d8e8b4039ff", "pca95": "cc0b62a45aae0585",
-    # Every entropy-coded stream ends with the check symbol of its model (bench.entropy);
-    # factorized's and ar's begin with the image size (one bit at the trained size); ar codes
-    # its pixels in wavefront order, and its model biases position bins, not rows and columns.
-    # factorized changed with its variable-rate model: one network for all qualities (gains per
-    # quality), a new architecture, a new payload (two flags, rows grouped by table width,
-    # certain rows skipped, a check symbol per quality) and pixels from folded weights.
     "factorized:quality=2": "1b92a4d89b7b35f4", "factorized": "a7b09a74ce7a6e15",
     "ar:width=16": "4b129a84bb907c78", "ar-lossy:width=16": "1e3df34c6315fa2e",
     "ar-lossy:levels=3:width=16": "b0fadd3de8e7a48d", "jpeg": "771093a70c1b76d3",

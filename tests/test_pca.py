@@ -4,6 +4,7 @@ import pytest
 from bench.codec import CodecError, PayloadError
 from bench.metrics import mse
 from bench.registry import get_codec
+from bench_codecs import pca
 from bench_codecs.pca import SPAN, fit_pca
 from conftest import training
 
@@ -46,3 +47,27 @@ def test_unfitted_and_wrong_payloads_are_refused(digits):
         codec.decode([bytes(9)])
     with pytest.raises(PayloadError, match="payload 1 has 9 bytes; its payloads have exactly 8"):
         codec.decode([bytes(8), bytes(9)])
+
+
+def test_large_images_take_the_svd_and_agree_with_the_covariance(monkeypatch):
+    """Above 64x64 the pixel covariance is not formed (256x256 would need 32 GiB); the SVD gives
+    the same subspace and variances."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    by_covariance = pca.fit_pca(images, 8)
+    pca._EIGEN_CACHE.clear()
+    monkeypatch.setattr(pca, "COVARIANCE_MAX_PIXELS", 10)  # 144 pixels > 40 images > 10
+    by_svd = pca.fit_pca(images, 8)
+    np.testing.assert_allclose(by_svd.std, by_covariance.std, rtol=1e-4)
+    overlap = np.abs(by_svd.components @ by_covariance.components.T)
+    np.testing.assert_allclose(overlap, np.eye(8), atol=1e-3)  # the same axes, signs aside
+    with pytest.raises(CodecError, match="at least 41 training images of 12x12, got 40"):
+        pca.fit_pca(images, 41)
+    pca._EIGEN_CACHE.clear()
+
+
+def test_a_256x256_folder_trains_pca_in_little_memory():
+    images = np.random.default_rng(1).integers(0, 256, (50, 256, 256), dtype=np.uint8)
+    codec = get_codec("pca95").fit(training(images, validation=images[:5]))
+    decoded = codec.decode(codec.encode(images[:3]))
+    assert decoded.shape == (3, 256, 256)
