@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.codec import BenchError
+from bench.codec import BenchError, stderr_line
 from bench.executor import JOB_THREADS
 from bench.timing import MIN_ROUNDS
 
@@ -19,9 +19,6 @@ DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,web
                   "jpegls-near:shared_header=1,png,zlib")
 REPORTS = Path("reports")
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report,
                 "fuzz": cmd_fuzz}[args.command](args, argv)
     except BenchError as exc:
-        _log(f"bench: error: {exc}")
+        stderr_line(f"bench: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _log("bench: interrupted; no partial output or checkpoint was left behind")
+        stderr_line("bench: interrupted; no partial output or checkpoint was left behind")
         return 130
 
 
@@ -140,7 +137,7 @@ def cmd_list(args, argv) -> int:
         if row[5]:
             print(" " * (widths[0] + 2) + f"default sweep (--sweep auto): {row[5]}")
     for problem in reg.problems.values():
-        _log(f"warning: {problem}")
+        stderr_line(f"warning: {problem}")
     return 0
 
 
@@ -293,21 +290,21 @@ def cmd_run(args, argv) -> int:
     specs = _specs(args)
     devices = _devices(args.device, specs)
     train_device = _train_device(args.train_device, devices)
-    specs = runnable(specs, devices, _log)  # before loading data: a device mistake fails fast
+    specs = runnable(specs, devices, stderr_line)  # before loading data: a device mistake fails fast
     sweeps = _sweeps(args, specs)
     if args.out is not None:
         results.check_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
     dataset = load_dataset(args.dataset, args.data_dir)
     if dataset.why:
-        _log(f"dataset: {dataset.why}")
+        stderr_line(f"dataset: {dataset.why}")
     from bench.report import render
     from bench.runner import run
 
     result = run(specs, dataset, devices, sweeps=sweeps, rounds=args.rounds, warmup=args.warmup,
                  batch=args.batch, cache_dir=args.cache_dir, train_device=train_device,
                  verdict=verdict, backend=backend, threads=args.threads,
-                 tsne_families=() if args.no_tsne else ("ae",), log=_log)
+                 tsne_families=() if args.no_tsne else ("ae",), log=stderr_line)
     result.meta["command"] = "python -m bench " + shlex.join(argv)
     result.meta["environment"] = results.environment()
     result.meta["seconds"] = round(time.perf_counter() - start, 1)
@@ -317,7 +314,7 @@ def cmd_run(args, argv) -> int:
     print(f"report: {out / 'report.md'}")
     failed = result.meta["failed_jobs"]
     if failed:
-        _log(f"{len(failed)} job(s) failed: {', '.join(f['codec'] for f in failed)} "
+        stderr_line(f"{len(failed)} job(s) failed: {', '.join(f['codec'] for f in failed)} "
              "(listed in the report)")
     return 1 if failed else 0
 
@@ -341,7 +338,7 @@ def cmd_train(args, argv) -> int:
     dataset = load_dataset(args.dataset, args.data_dir)
     # The thread count `run` uses, so that `run` finds these models.
     train, validation = dataset.training  # of one size, as `run` fits them
-    data = TrainingData(train, validation, args.cache_dir, devices[0], log=_log,
+    data = TrainingData(train, validation, args.cache_dir, devices[0], log=stderr_line,
                         threads=args.threads or JOB_THREADS)
     for spec in trainable:
         codec = spec.build(devices[0])
@@ -380,7 +377,8 @@ def cmd_fuzz(args, argv) -> int:
     specs = _specs(args)
     dataset = load_dataset(args.dataset, args.data_dir)
     train, validation = dataset.training
-    data = TrainingData(train, validation, args.cache_dir, log=_log, threads=args.threads or JOB_THREADS)
+    data = TrainingData(train, validation, args.cache_dir, log=stderr_line,
+                        threads=args.threads or JOB_THREADS)
     sample = validation[:4]  # one size, as a decode batch must be
     codecs = {s.canonical: s.build().fit(data) for s in specs}
     valid = {name: list(codec.encode(sample)) for name, codec in codecs.items()}
@@ -390,5 +388,5 @@ def cmd_fuzz(args, argv) -> int:
     print(markdown_table(reports))
     broken = [r.codec for r in reports if r.crashes or r.hangs or r.wrong_shape]
     if broken:
-        _log(f"bench: {', '.join(broken)} crashed, hung or returned another shape (see the table)")
+        stderr_line(f"bench: {', '.join(broken)} crashed, hung or returned another shape (see the table)")
     return 1 if broken else 0

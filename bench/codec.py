@@ -39,7 +39,8 @@ class PayloadError(CodecError):
     """A payload that is corrupt, truncated or from another codec."""
 
 
-def _stderr(msg: str) -> None:
+def stderr_line(msg: str) -> None:
+    """The default log of notices: one line on stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -150,7 +151,7 @@ class TrainingData:
     cache_dir: Path | None = None  # where trained models are cached (None: the default)
     train_device: str = "cpu"  # where a model that is not cached yet is trained
     progress: bool = True  # show training progress bars
-    log: Callable[[str], None] = field(default=_stderr, compare=False)  # one-line notices
+    log: Callable[[str], None] = field(default=stderr_line, compare=False)  # one-line notices
     threads: int | None = None  # the run's PyTorch CPU threads (None: PyTorch's current count)
 
 

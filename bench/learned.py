@@ -242,7 +242,6 @@ class LearnedCodec(Codec):
 
     def cache_key(self, data: TrainingData) -> str:
         """Covers every input that changes the weights."""
-        self.run_threads = data.threads
         parts = {
             "format": CACHE_FORMAT,
             "codec": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -254,7 +253,7 @@ class LearnedCodec(Codec):
             "code": source_fingerprint((*self.code_modules, __name__)),
             "torch": torch.__version__,
             "train_device": torch.device(data.train_device).type,
-            "threads": self.threads(training=True) or torch.get_num_threads(),
+            "threads": self.train_threads or data.threads or torch.get_num_threads(),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -262,6 +261,7 @@ class LearnedCodec(Codec):
         """Load the cached model for this training data, or train and cache it."""
         check_images(data.train)
         shape = data.train.shape[1:]
+        self.run_threads = data.threads
         key = self.cache_key(data)
         path = Path(data.cache_dir or default_cache_dir()) / f"{self.checkpoint_prefix}-{key}.pt"
         self.checkpoint = path

@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench import images as batches
 from bench import metrics
-from bench.codec import Codec, CodecError, TrainingData, decode_checked
+from bench.codec import Codec, CodecError, TrainingData, decode_checked, stderr_line
 from bench.data import Dataset
 from bench.executor import JOB_THREADS, Backend, execute
 from bench.registry import Spec
@@ -28,9 +28,6 @@ TSNE_MIN_IMAGES = 10  # a mixed-size run embeds its most common size only, when 
 SERIAL = Backend()
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
 
 def sample_indices(labels: np.ndarray) -> np.ndarray:
     """One test image per class, the same ones in every run on the same split."""
@@ -43,7 +40,7 @@ def devices_for(spec: Spec, devices: list[str]) -> list[str]:
     return [d for d in devices if d in spec.info.devices]
 
 
-def runnable(specs: list[Spec], devices: list[str], log: Callable[[str], None] = _log) -> list[Spec]:
+def runnable(specs: list[Spec], devices: list[str], log: Callable[[str], None] = stderr_line) -> list[Spec]:
     """The specs that run on a selected device; the others are named in one line."""
     skipped = [s.canonical for s in specs if not devices_for(s, devices)]
     if specs and len(skipped) == len(specs):
@@ -196,7 +193,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
         train_device: str | None = None, verdict: VerdictOptions | None = None,
         backend: Backend = SERIAL, threads: int | None = None,
         tsne_families: tuple[str, ...] = ("ae",), progress: bool = True,
-        log: Callable[[str], None] = _log) -> RunResult:
+        log: Callable[[str], None] = stderr_line) -> RunResult:
     """Quality of every spec and sweep point on the test split (the jobs, on `backend`), then, in
     this process and one codec at a time, throughput: of the selected codecs on every selected
     device, and of the settings the verdict names."""
@@ -211,7 +208,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
     train, validation = dataset.training  # one size (bench.images' rule when the data mix sizes)
     inputs = JobInputs(train, validation, test.images, test.labels,
                        cache_dir, train_device or devices[0], threads or JOB_THREADS,
-                       progress and not backend.parallel, _log if backend.parallel else log,
+                       progress and not backend.parallel, stderr_line if backend.parallel else log,
                        in_process=not backend.parallel)
     jobs = [QualityJob(s, role, devices_for(s, devices)[0], role == "main")
             for role, group in (("main", specs), ("sweep", sweeps)) for s in group]

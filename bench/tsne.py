@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,13 +12,11 @@ import numpy as np
 import pandas as pd
 
 from bench.cache import atomic_write, default_cache_dir, digest
+from bench.codec import stderr_line
 
 TSNE_POINTS = 1000  # originals plus reconstructions in the one embedding
 TSNE_RECIPE = {"pca_dims": 50, "max_iter": 500, "perplexity": 30.0}
 
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def _load(path: Path, log: Callable[[str], None]) -> np.ndarray | None:
@@ -61,7 +58,7 @@ def _embed(x: np.ndarray, seed: int, cache_dir: Path, log: Callable[[str], None]
 
 def tsne_points(originals: np.ndarray, labels: np.ndarray, decoded: dict[str, np.ndarray],
                 seed: int = 0, cache_dir: Path | None = None,
-                log: Callable[[str], None] = _stderr) -> pd.DataFrame:
+                log: Callable[[str], None] = stderr_line) -> pd.DataFrame:
     """One joint 2-D t-SNE of a subsample of originals and every codec's reconstructions.
 
     Joint, so the originals sit at the same place in every codec's panel; the subsample keeps
