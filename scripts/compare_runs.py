@@ -1,0 +1,68 @@
+"""Two runs of the same codecs, point by point and as curves: did a change cost bytes or quality?
+
+    python scripts/compare_runs.py OLD NEW [--curves ar-lossy,factorized]
+
+OLD and NEW are run folders, or their summary.csv files: for example an example report before a
+change, taken from git (`git show REV:reports/example-mnist-5k/summary.csv > /tmp/old.csv`), and
+after. For each curve in both (all shared curves, or --curves): every setting measured in both,
+its bytes per image and PSNR before and after, and the BD-rate of the new curve against the old
+(PCHIP over the PSNR range both cover, as the report computes it; negative: fewer bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import bjontegaard
+import pandas as pd
+
+
+def summary(path: str) -> pd.DataFrame:
+    p = Path(path)
+    return pd.read_csv(p / "summary.csv" if p.is_dir() else p)
+
+
+def compare(old: pd.DataFrame, new: pd.DataFrame, curve: str) -> str:
+    a = old[old["curve"] == curve].sort_values("bytes_mean")
+    b = new[new["curve"] == curve].sort_values("bytes_mean")
+    points = a[["codec", "bytes_mean", "psnr_db"]].merge(b[["codec", "bytes_mean", "psnr_db"]],
+                                                        on="codec", suffixes=("_old", "_new"))
+    lines = [f"## {curve}", "", "| setting | bytes before | after | change | PSNR before | after |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for _, r in points.iterrows():
+        change = 100 * (r["bytes_mean_new"] / r["bytes_mean_old"] - 1)
+        lines.append(f"| `{r['codec']}` | {r['bytes_mean_old']:.3f} | {r['bytes_mean_new']:.3f} | "
+                     f"{change:+.2f} % | {r['psnr_db_old']:.2f} | {r['psnr_db_new']:.2f} |")
+    lossy = a["psnr_db"].notna() & (a["psnr_db"] != float("inf"))
+    if len(a[lossy]) >= 2 and len(b) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rate = bjontegaard.bd_rate(a["bytes_mean"], a["psnr_db"], b["bytes_mean"], b["psnr_db"],
+                                       method="pchip", require_matching_points=False, min_overlap=0)
+        lines += ["", f"BD-rate, new curve against old: {rate:+.2f} %"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--curves", default="", help="comma-separated curves (default: every shared one)")
+    args = p.parse_args(argv)
+    old, new = summary(args.old), summary(args.new)
+    shared = [c for c in dict.fromkeys(new["curve"]) if c in set(old["curve"])]
+    wanted = [c for c in args.curves.split(",") if c] or shared
+    missing = [c for c in wanted if c not in shared]
+    if missing:
+        print(f"compare_runs: not in both runs: {', '.join(missing)} (shared: {', '.join(shared)})",
+              file=sys.stderr)
+        return 2
+    print("\n\n".join(compare(old, new, c) for c in wanted))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

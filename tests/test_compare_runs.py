@@ -1,0 +1,37 @@
+"""scripts/compare_runs.py: point-by-point changes and the BD-rate of one run's curve against
+another's."""
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+spec = importlib.util.spec_from_file_location(
+    "compare_runs", Path(__file__).parents[1] / "scripts" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_runs)
+
+
+def curve(bytes_, psnr, name="c"):
+    return pd.DataFrame({"codec": [f"{name}:q={i}" for i in range(len(bytes_))], "curve": name,
+                         "bytes_mean": bytes_, "psnr_db": psnr})
+
+
+def test_ten_percent_fewer_bytes_at_the_same_psnr_is_a_bd_rate_of_minus_ten(tmp_path, capsys):
+    psnr = [20.0, 25.0, 30.0, 35.0]
+    old, new = curve([10.0, 20.0, 40.0, 80.0], psnr), curve([9.0, 18.0, 36.0, 72.0], psnr)
+    old.to_csv(tmp_path / "old.csv", index=False)
+    (tmp_path / "new").mkdir()
+    new.to_csv(tmp_path / "new" / "summary.csv", index=False)
+    assert compare_runs.main([str(tmp_path / "old.csv"), str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "| `c:q=1` | 20.000 | 18.000 | -10.00 % | 25.00 | 25.00 |" in out
+    assert "BD-rate, new curve against old: -10.00 %" in out
+
+
+def test_a_curve_missing_from_either_run_is_named(tmp_path, capsys):
+    curve([1.0, 2.0], [20.0, 30.0]).to_csv(tmp_path / "a.csv", index=False)
+    curve([1.0, 2.0], [20.0, 30.0], "d").to_csv(tmp_path / "b.csv", index=False)
+    assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0  # nothing shared
+    assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--curves", "c"]) == 2
+    assert "not in both runs: c" in capsys.readouterr().err
