@@ -20,7 +20,6 @@ DEFAULT_CODECS = ("ae*,pca*,factorized,ar,ar-lossy,jpeg,jpeg:shared_header=1,web
 REPORTS = Path("reports")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=(
         "Benchmark learned autoencoder codecs against classical image codecs: bytes, quality "
@@ -315,7 +314,7 @@ def cmd_run(args, argv) -> int:
     failed = result.meta["failed_jobs"]
     if failed:
         stderr_line(f"{len(failed)} job(s) failed: {', '.join(f['codec'] for f in failed)} "
-             "(listed in the report)")
+                    "(listed in the report)")
     return 1 if failed else 0
 
 

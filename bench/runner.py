@@ -28,7 +28,6 @@ TSNE_MIN_IMAGES = 10  # a mixed-size run embeds its most common size only, when 
 SERIAL = Backend()
 
 
-
 def sample_indices(labels: np.ndarray) -> np.ndarray:
     """One test image per class, the same ones in every run on the same split."""
     rng = np.random.default_rng(SAMPLE_SEED)

@@ -18,7 +18,6 @@ TSNE_POINTS = 1000  # originals plus reconstructions in the one embedding
 TSNE_RECIPE = {"pca_dims": 50, "max_iter": 500, "perplexity": 30.0}
 
 
-
 def _load(path: Path, log: Callable[[str], None]) -> np.ndarray | None:
     if not path.exists():
         return None

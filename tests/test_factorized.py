@@ -337,7 +337,6 @@ def test_damaged_checkpoints_are_reported_and_retrained(mnist5k, tmp_path):
         assert torch.equal(pa, pb)  # seeded: the retrained model is the same model
 
 
-
 def test_worker_processes_refuse_a_checkpoint_rewritten_since_the_run_loaded_it(
         tiny, mnist5k, cache, tmp_path):
     """Workers load the model from its checkpoint: if the file now holds other weights (say, a
@@ -353,6 +352,7 @@ def test_worker_processes_refuse_a_checkpoint_rewritten_since_the_run_loaded_it(
     assert codec.processes(len(images)) == 2
     with pytest.raises(CodecError, match="holds other weights than this run's model"):
         codec.encode(images)
+
 
 # -- the quality bars (slow: one short model for five qualities, the four autoencoders and two
 # classical sweeps, trained and measured once: 95 s on this 2-core machine) -------------------------
