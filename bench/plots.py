@@ -164,7 +164,7 @@ def draw_rate_distortion(points: pd.DataFrame, path: Path) -> None:
 def draw_samples(r: RunResult, path: Path) -> None:
     """One mosaic image, drawn once: a grid of 130 small axes takes seconds to render. Tiles larger
     than 28x28 scale the figure (up to twice); mixed sizes sit centred in cells of the largest."""
-    from bench.runner import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, sample_indices
+    from bench.samples import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, sample_indices
 
     original = r.samples["original"]
     codecs = [c for c in r.samples if c != "original" and not c.startswith(".")]

@@ -29,7 +29,7 @@ class RunResult:
     throughput: pd.DataFrame  # one row per codec, device and direction
     tsne: pd.DataFrame = field(default_factory=pd.DataFrame)  # 2-D points, see analysis.tsne
     # "original" and codec -> (C, H, W); mixed sizes: centred on cells of the largest, with their
-    # (C, 2) sizes under bench.runner.SAMPLE_SHAPES
+    # (C, 2) sizes under bench.samples.SAMPLE_SHAPES
     samples: dict[str, np.ndarray] = field(default_factory=dict)
 
 

@@ -19,19 +19,12 @@ from bench.data import Dataset
 from bench.executor import JOB_THREADS, Backend, execute
 from bench.registry import Spec
 from bench.results import RunResult, VerdictOptions
+from bench.samples import SAMPLE_SHAPES, sample_images, sample_indices
+from bench.summary import codec_row, summarize
 from bench.timing import device_name, measure
 
-SAMPLE_SEED = 0
-SAMPLE_MAX_SIDE = 96  # samples larger than this are kept (and shown) as their central crop
-SAMPLE_SHAPES = ".shapes"  # samples.npz key of the samples' own sizes, when they differ
 TSNE_MIN_IMAGES = 10  # a mixed-size run embeds its most common size only, when it has this many
 SERIAL = Backend()
-
-
-def sample_indices(labels: np.ndarray) -> np.ndarray:
-    """One test image per class, the same ones in every run on the same split."""
-    rng = np.random.default_rng(SAMPLE_SEED)
-    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
 
 
 def devices_for(spec: Spec, devices: list[str]) -> list[str]:
@@ -63,26 +56,6 @@ def shape_groups(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     if not batches.is_mixed(images):
         return [(np.arange(len(images)), images)]
     return [(idx, batches.stack(images, idx)) for _, idx in batches.groups(images)]
-
-
-def sample_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Samples as one (C, H, W) array for samples.npz: each image's central crop of at most
-    SAMPLE_MAX_SIDE a side; mixed sizes centred on white cells of the largest, with their (C, 2)
-    sizes."""
-    crops = []
-    for im in images:
-        h, w = im.shape
-        y, x = max(h - SAMPLE_MAX_SIDE, 0) // 2, max(w - SAMPLE_MAX_SIDE, 0) // 2
-        crops.append(im[y : y + SAMPLE_MAX_SIDE, x : x + SAMPLE_MAX_SIDE])
-    sizes = np.array([c.shape for c in crops], dtype=np.int64).reshape(-1, 2)
-    if len(set(map(tuple, sizes))) <= 1:
-        return np.stack(crops) if crops else np.zeros((0, 0, 0), np.uint8), None
-    cell = sizes.max(axis=0)
-    out = np.full((len(crops), *cell), 255, np.uint8)
-    for k, c in enumerate(crops):
-        y, x = (cell[0] - c.shape[0]) // 2, (cell[1] - c.shape[1]) // 2
-        out[k, y : y + c.shape[0], x : x + c.shape[1]] = c
-    return out, sizes
 
 
 @dataclass(frozen=True)
@@ -147,7 +120,7 @@ def quality_job(job: QualityJob, inputs: JobInputs) -> JobResult:
         frame.insert(0, "codec", job.spec.canonical)
         frame.insert(1, "role", job.role)
         frame.insert(3, "label", inputs.labels)
-        row = _codec_row(job.spec, codec, job.role, frame, (inputs.train, inputs.validation))
+        row = codec_row(job.spec, codec, job.role, frame, (inputs.train, inputs.validation))
         row["job_seconds"] = time.perf_counter() - start  # fit (or cache load) and quality
         decoded = batches.assemble(parts, len(inputs.test)) if job.keep_decoded else None
         return JobResult(row, frame, decoded, codec if inputs.in_process else _returned(codec))
@@ -349,56 +322,3 @@ def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds
     } for direction, t in (("encode", enc), ("decode", dec))]
 
 
-def _losses(values) -> str:
-    """A loss curve for a CSV cell: values per epoch, ';'-separated."""
-    return ";".join(f"{v:.6g}" for v in values)
-
-
-def _codec_row(spec: Spec, codec: Codec, role: str, frame: pd.DataFrame,
-               training: tuple[np.ndarray, np.ndarray]) -> dict:
-    """The job's row of the summary. A learned codec's adds what it was fitted on and its loss
-    per epoch (training, and on the validation split), which the report reads for under- or
-    over-training (bench.learning)."""
-    latent = dict(spec.values).get("latent")
-    headers = frame["header_bytes"]
-    row = {
-        "codec": spec.canonical, "curve": spec.curve, "family": spec.info.family or spec.info.name,
-        "role": role, "lossless": bool(codec.lossless), "learned": bool(codec.learned),
-        "latent": latent,
-        "header_bytes": int(headers.iloc[0]) if headers.nunique() == 1 else float(headers.mean()),
-        "side_info_bytes": int(codec.side_info_bytes),
-    }
-    if codec.learned:
-        train, validation = training
-        history = getattr(codec, "history", None)
-        row.update({"fit_images": len(train), "fit_pixels": int(train.size),
-                    "fit_validation_images": len(validation),
-                    "fit_size": f"{train.shape[1]}x{train.shape[2]}" if train.ndim == 3 else "",
-                    "train_loss": _losses(getattr(history, "train", [])),
-                    "validation_loss": _losses(getattr(history, "validation", []))})
-    return row
-
-
-def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
-              shape: tuple[int, int], device: str) -> pd.DataFrame:
-    """One row per codec; its throughput columns are those measured on `device`. `shape`: the
-    size learned codecs were trained on (a latent's dimension ratio is to its pixels)."""
-    from bench.analysis import breakeven
-
-    stats = metrics.aggregate(per_image, ["codec"])
-    pixels = (per_image["height"] * per_image["width"]).groupby(per_image["codec"], sort=False).mean()
-    out = codecs.merge(stats, on="codec")
-    out["content_bytes"] = out["bytes_mean"] - out["header_bytes"]
-    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / out["codec"].map(pixels))
-    out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / (shape[0] * shape[1]))
-    columns = {"median_img_s": "img_s", "median_mpx_s": "mpx_s"}
-    if len(throughput):
-        on = throughput[throughput["device"] == device]
-        for value, suffix in columns.items():
-            rates = on.pivot_table(index="codec", columns="direction", values=value)
-            rates = rates.rename(columns=lambda d, s=suffix: f"{d}_{s}").reset_index()
-            out = out.merge(rates, on="codec", how="left")
-    for col in ("encode_img_s", "decode_img_s", "encode_mpx_s", "decode_mpx_s"):
-        if col not in out:
-            out[col] = np.nan
-    return out.merge(breakeven(out), on="codec", how="left")

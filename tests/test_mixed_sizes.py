@@ -11,7 +11,8 @@ import pytest
 from bench import images as batches
 from bench.data import load_dataset
 from bench.registry import get_codec, parse_specs
-from bench.runner import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, _tsne, run, sample_images, sample_indices
+from bench.runner import _tsne, run
+from bench.samples import SAMPLE_MAX_SIDE, SAMPLE_SHAPES, sample_images, sample_indices
 from conftest import run_in_fresh_python
 
 CLASSICAL = "jpeg,webp,jpegls,png,zlib"
