@@ -74,6 +74,18 @@ class Payloads:
         return cls(rows.reshape(-1), np.arange(n + 1, dtype=np.int64) * k)
 
     @classmethod
+    def concat(cls, parts: Sequence[Payloads]) -> Payloads:
+        """Batches of payloads, one after another, as one."""
+        starts = np.cumsum([0] + [len(p.buffer) for p in parts])
+        return cls(np.concatenate([p.buffer for p in parts]) if parts else b"",
+                   np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts)]))
+
+    def part(self, start: int, stop: int) -> Payloads:
+        """Payloads start .. stop - 1, sharing this buffer."""
+        o = self.offsets
+        return Payloads(self.buffer[o[start] : o[stop]], o[start : stop + 1] - o[start])
+
+    @classmethod
     def coerce(cls, payloads: Payloads | Sequence[bytes]) -> Payloads:
         if isinstance(payloads, Payloads):
             return payloads

@@ -64,14 +64,10 @@ def encoder():
     return stream().queue.RangeEncoder()
 
 
+@functools.lru_cache(maxsize=64)
 def uniform(n: int):
     """The uniform model over 0 .. n - 1, built once per n (a model costs a microsecond to build)."""
-    return _uniform(int(n))
-
-
-@functools.lru_cache(maxsize=64)
-def _uniform(n: int):
-    return stream().model.Uniform(n)
+    return stream().model.Uniform(int(n))
 
 
 def words(data: bytes | np.ndarray) -> np.ndarray:

@@ -203,10 +203,8 @@ class FactorizedCodec(LearnedCodec):
         images = check_images(images, codec=self.name)
         parts = np.array_split(images, self._processes(len(images)))
         if len(parts) > 1:
-            done = in_processes(_encode_part, [(*self._receiver_args(), part) for part in parts])
-            offsets = np.cumsum([0] + [len(d.buffer) for d in done])
-            return Payloads(np.concatenate([d.buffer for d in done]),
-                            np.concatenate([[0]] + [d.offsets[1:] + o for d, o in zip(done, offsets)]))
+            return Payloads.concat(in_processes(_encode_part, [(*self._receiver_args(), part)
+                                                               for part in parts]))
         return self.encode_latents(self.latents(images), images.shape[1:])
 
     def _declared(self, payloads: Payloads) -> tuple[tuple[int, int], int | None]:
@@ -221,10 +219,14 @@ class FactorizedCodec(LearnedCodec):
             check = None if shape == model.shape else self.size_check(shape)
             if not all(1 <= side <= MAX_SIDE for side in shape):
                 raise PayloadError(f"{self.name}: payload 0 declares an impossible {shape} image")
-            if check is not None and dec.decode(entropy.uniform(1 << SIZE_CHECK_BITS)) != check:
-                raise PayloadError(f"{self.name}: payload 0 declares a {shape[0]}x{shape[1]} image but "
-                                   "was made by another model or setting, or is corrupt")
+            self._read_size_check(dec, shape, check, 0)
         return shape, check
+
+    def _read_size_check(self, dec, shape: tuple[int, int], check: int | None, i: int) -> None:
+        """After a size other than the trained one: the check of this model, quality and size."""
+        if check is not None and dec.decode(entropy.uniform(1 << SIZE_CHECK_BITS)) != check:
+            raise PayloadError(f"{self.name}: payload {i} declares a {shape[0]}x{shape[1]} image but "
+                               "was made by another model or setting, or is corrupt")
 
     def decode_latents(self, payloads: Payloads | Sequence[bytes], declared=None,
                        first: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
@@ -238,9 +240,7 @@ class FactorizedCodec(LearnedCodec):
             if entropy.decode_size(dec, model.shape) != shape:
                 raise PayloadError(f"{self.name}: payload {i} declares another image size than payload 0 "
                                    f"({shape[0]}x{shape[1]}): a batch holds images of one size")
-            if check is not None and dec.decode(entropy.uniform(1 << SIZE_CHECK_BITS)) != check:
-                raise PayloadError(f"{self.name}: payload {i} declares a {shape[0]}x{shape[1]} image but "
-                                   "was made by another model or setting, or is corrupt")
+            self._read_size_check(dec, shape, check, i)
 
         rows = self.coder(shape).decode(payloads, begin, self.tag, self.name, first)
         return rows.reshape(len(rows), -(-shape[0] // 4), -(-shape[1] // 4), model.latent_shape[0]), shape
@@ -249,9 +249,9 @@ class FactorizedCodec(LearnedCodec):
         payloads = payloads_to_decode(payloads, self.name)
         parts = np.array_split(np.arange(len(payloads)), self._processes(len(payloads)))
         if len(parts) > 1:
-            declared, o = self._declared(payloads), payloads.offsets
-            return np.concatenate(in_processes(_decode_part, [(*self._receiver_args(), Payloads(
-                payloads.buffer[o[p[0]] : o[p[-1] + 1]], o[p[0] : p[-1] + 2] - o[p[0]]), declared, int(p[0]))
+            declared = self._declared(payloads)
+            return np.concatenate(in_processes(_decode_part, [
+                (*self._receiver_args(), payloads.part(p[0], p[-1] + 1), declared, int(p[0]))
                 for p in parts]))
         q, shape = self.decode_latents(payloads, declared, first)
         return self.pixels(q, shape)

@@ -24,6 +24,15 @@ def test_payloads_from_array_is_zero_copy_and_fixed_rate():
     assert np.shares_memory(p.as_array(), rows)
 
 
+def test_payloads_split_into_parts_and_joined_again_are_the_same_payloads():
+    items = [b"abc", b"", b"defgh", b"i"]
+    p = Payloads.from_list(items)
+    parts = [p.part(0, 2), p.part(2, 3), p.part(3, 4)]
+    assert [list(q) for q in parts] == [items[:2], items[2:3], items[3:]]
+    assert list(Payloads.concat(parts)) == items
+    assert len(Payloads.concat([])) == 0
+
+
 def test_payloads_coerce_rejects_non_bytes():
     assert Payloads.coerce([b"x", bytearray(b"yz")]).sizes.tolist() == [1, 2]
     with pytest.raises(PayloadError, match="payload 1 is int"):
