@@ -233,12 +233,16 @@ class IntInference:
         n = len(g)
         acc = torch.empty((n, NF), dtype=self.dtype, device=self.device)
         if grouped:
-            for k in torch.unique(g).tolist():
-                sel = torch.nonzero(g == k).squeeze(1)
-                acc[sel] = a2[sel] @ self.wf[k] + self.bf[k]
+            by_group = torch.argsort(g, stable=True)
+            ends = torch.bincount(g, minlength=NG).cumsum(0).tolist()
+            for k, (lo, hi) in enumerate(zip([0, *ends[:-1]], ends)):
+                if hi > lo:
+                    sel = by_group[lo:hi]
+                    acc.index_copy_(0, sel, a2.index_select(0, sel) @ self.wf[k] + self.bf[k])
         else:
-            acc = (a2 @ self.wf_all).view(n, NG, NF)[torch.arange(n, device=self.device), g] + self.bf[g]
-        logits = (acc.float() * self.m["kf"][g]).add_(0.5).floor_()
+            rows = torch.arange(n, device=self.device) * NG + g
+            acc = (a2 @ self.wf_all).view(n * NG, NF).index_select(0, rows) + self.bf.index_select(0, g)
+        logits = (acc.float() * self.m["kf"].index_select(0, g)).add_(0.5).floor_()
         last = g == NG - 1
         logits[last, NF - 1] = -1e9
         out = torch.zeros((n, NC), dtype=torch.float64, device=self.device)
