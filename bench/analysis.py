@@ -130,40 +130,47 @@ def cost_column(summary: pd.DataFrame, amortize: int | None) -> pd.Series:
     return summary["bytes_mean"] + summary["side_info_bytes"] / amortize
 
 
-def candidates(summary: pd.DataFrame, metric: str, target: float,
-               amortize: int | None = None) -> pd.DataFrame:
-    """Every curve's cost at a target quality, cheapest first: lossy curves interpolated on their
-    measured range, lossless codecs at their own size (they reach any target). A curve whose
+def candidates(summary: pd.DataFrame, metric: str, targets: list[float],
+               amortize: int | None = None) -> list[pd.DataFrame]:
+    """Per target quality, every curve's cost at it, cheapest first: lossy curves interpolated on
+    their measured range, lossless codecs at their own size (they reach any target). A curve whose
     cheapest point already exceeds the target reaches it at that point's cost: measured, not
     extrapolated. `setting` is the cheapest measured point of the curve at or above the target:
     the spec a user would run."""
     quality = QUALITY[metric]
     s = summary.assign(cost=cost_column(summary, amortize))
-    rows = []
-    for curve, g in s[~s["lossless"]].groupby("curve", sort=False):
-        f = front(g, quality, "cost")
-        if f.empty:
-            continue
-        lowest = f.iloc[0]
-        cost = (lowest["cost"] if target <= lowest[quality]
-                else cost_at(f, target, quality, "cost"))
-        if np.isfinite(cost):
-            rows.append({"curve": curve, "cost": cost, "learned": bool(g["learned"].iloc[0]),
-                         "setting": f[f[quality] >= target - 1e-12].iloc[0]["codec"]})
-    for _, r in s[s["lossless"]].iterrows():
-        rows.append({"curve": r["curve"], "cost": r["cost"], "learned": bool(r["learned"]),
-                     "setting": r["codec"]})
-    out = pd.DataFrame(rows, columns=["curve", "cost", "learned", "setting"])
-    return out.sort_values("cost", kind="stable").reset_index(drop=True)
+    fronts = [(curve, front(g, quality, "cost"), bool(g["learned"].iloc[0]))
+              for curve, g in s[~s["lossless"]].groupby("curve", sort=False)]
+    lossless = [{"curve": r["curve"], "cost": r["cost"], "learned": bool(r["learned"]),
+                 "setting": r["codec"]} for _, r in s[s["lossless"]].iterrows()]
+    out = []
+    for target in targets:
+        rows = []
+        for curve, f, learned in fronts:
+            if f.empty:
+                continue
+            lowest = f.iloc[0]
+            cost = (lowest["cost"] if target <= lowest[quality]
+                    else cost_at(f, target, quality, "cost"))
+            if np.isfinite(cost):
+                rows.append({"curve": curve, "cost": cost, "learned": learned,
+                             "setting": f[f[quality] >= target - 1e-12].iloc[0]["codec"]})
+        c = pd.DataFrame(rows + lossless, columns=["curve", "cost", "learned", "setting"])
+        out.append(c.sort_values("cost", kind="stable").reset_index(drop=True))
+    return out
 
 
 def verdict(summary: pd.DataFrame, targets: list[tuple[str, float]],
             amortize: int | None = None) -> pd.DataFrame:
     """For each target quality: the cheapest codec and the runner-up (see `candidates`)."""
     by_codec = summary.set_index("codec")
+    ranked = {}  # the curves' fronts are made once per metric
+    for metric in dict.fromkeys(m for m, _ in targets):
+        values = [t for m, t in targets if m == metric]
+        ranked.update(zip(((metric, t) for t in values), candidates(summary, metric, values, amortize)))
     rows = []
     for metric, target in targets:
-        c = candidates(summary, metric, target, amortize)
+        c = ranked[metric, target]
         row = {"metric": metric, "target": target, "amortize": amortize or 0}
         for rank, prefix in ((0, ""), (1, "runner_up_")):
             if len(c) > rank:

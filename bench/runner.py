@@ -14,14 +14,14 @@ import pandas as pd
 
 from bench import images as batches
 from bench import metrics
-from bench.codec import Codec, CodecError, TrainingData, decode_checked, stderr_line
+from bench.codec import Codec, CodecError, Payloads, TrainingData, decode_checked, stderr_line
 from bench.data import Dataset
 from bench.executor import JOB_THREADS, Backend, execute
 from bench.registry import Spec
 from bench.results import RunResult, VerdictOptions
 from bench.samples import SAMPLE_SHAPES, sample_images, sample_indices
 from bench.summary import codec_row, summarize
-from bench.timing import device_name, measure
+from bench.timing import WARMUP_IMAGES, device_name, measure
 
 TSNE_MIN_IMAGES = 10  # a mixed-size run embeds its most common size only, when it has this many
 SERIAL = Backend()
@@ -306,9 +306,13 @@ def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds
     warmup = max(warmup, 0)
     groups = [x for _, x in shape_groups(batch)]
     n, pixels = len(batch), int(batches.pixels(batch).sum())
-    enc, payloads = measure(lambda: [codec.encode(x) for x in groups], n, rounds, warmup, device)
+    heads = [x[:WARMUP_IMAGES] for x in groups]  # what the warm-up calls code
+    enc, payloads = measure(lambda: [codec.encode(x) for x in groups], n, rounds, warmup, device,
+                            lambda: [codec.encode(x) for x in heads])
+    head_payloads = [Payloads.coerce(p).part(0, len(x)) for p, x in zip(payloads, heads)]
     dec, decoded = measure(lambda: [decode_checked(codec, p, x.shape) for p, x in zip(payloads, groups)],
-                           n, rounds, warmup, device)
+                           n, rounds, warmup, device,
+                           lambda: [decode_checked(codec, p, x.shape) for p, x in zip(head_payloads, heads)])
     mse = np.concatenate([metrics.mse(x, d) for x, d in zip(groups, decoded)])
     psnr = float(metrics.psnr_from_mse(mse.mean()))
     mpx = pixels / n / 1e6  # megapixels per image

@@ -30,17 +30,23 @@ class Throughput:
 
 MIN_ROUNDS = 3  # a median needs three
 ROUNDS_BUDGET_S = 1.0  # past MIN_ROUNDS, no new round starts once the timed rounds took this long
+# A warm-up call codes at most this many images of each size: enough to start what a codec starts
+# on first use (worker processes take batches of 256 and more), a quarter of a slow codec's
+# call on a 1,000-image batch. A first-call cost that a larger batch still pays lands in one timed
+# round, which the median of at least three leaves out.
+WARMUP_IMAGES = 256
 
 
 def measure(fn: Callable[[], object], images: int, rounds: int = 5, warmup: int = 1,
-            device: str = "cpu") -> tuple[Throughput, object]:
+            device: str = "cpu", warm: Callable[[], object] | None = None) -> tuple[Throughput, object]:
     """Time `fn` (which must do the whole user-visible job) and return its last result too: at
     most `rounds` rounds, and no more than MIN_ROUNDS once they took ROUNDS_BUDGET_S (a slow
-    codec's rounds vary little relative to their length; a fast one's get every round)."""
+    codec's rounds vary little relative to their length; a fast one's get every round). The
+    `warmup` untimed calls are of `warm` (the same job on part of the batch) where given."""
     sync = _synchronizer(device)
     result = None
     for _ in range(warmup):
-        result = fn()
+        (warm or fn)()
     seconds = []
     for _ in range(max(rounds, 1)):
         if len(seconds) >= MIN_ROUNDS and sum(seconds) >= ROUNDS_BUDGET_S:
