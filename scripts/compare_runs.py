@@ -6,7 +6,8 @@ OLD and NEW are run folders, or their summary.csv files: for example an example 
 change, taken from git (`git show REV:reports/example-mnist-5k/summary.csv > /tmp/old.csv`), and
 after. For each curve in both (all shared curves, or --curves): every setting measured in both,
 its bytes per image and PSNR before and after, and the BD-rate of the new curve against the old
-(PCHIP over the PSNR range both cover, as the report computes it; negative: fewer bytes).
+(PCHIP over the PSNR range both cover, on each curve's undominated points, as the report
+computes it; negative: fewer bytes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import bjontegaard
 import pandas as pd
+
+from bench.analysis import front
 
 
 def summary(path: str) -> pd.DataFrame:
@@ -36,11 +39,11 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, curve: str) -> str:
         change = 100 * (r["bytes_mean_new"] / r["bytes_mean_old"] - 1)
         lines.append(f"| `{r['codec']}` | {r['bytes_mean_old']:.3f} | {r['bytes_mean_new']:.3f} | "
                      f"{change:+.2f} % | {r['psnr_db_old']:.2f} | {r['psnr_db_new']:.2f} |")
-    lossy = a["psnr_db"].notna() & (a["psnr_db"] != float("inf"))
-    if len(a[lossy]) >= 2 and len(b) >= 2:
+    fa, fb = front(a), front(b)  # the points the report's BD-rates use: PSNR rising with bytes
+    if len(fa) >= 2 and len(fb) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rate = bjontegaard.bd_rate(a["bytes_mean"], a["psnr_db"], b["bytes_mean"], b["psnr_db"],
+            rate = bjontegaard.bd_rate(fa["bytes_mean"], fa["psnr_db"], fb["bytes_mean"], fb["psnr_db"],
                                        method="pchip", require_matching_points=False, min_overlap=0)
         lines += ["", f"BD-rate, new curve against old: {rate:+.2f} %"]
     return "\n".join(lines)

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--qualities", default="2,6")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch threads, as the runner sets")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads (the runner sets 1 per job)")
     parser.add_argument("--cache", default=None, help="model cache dir (default: a temporary one)")
     parser.add_argument("--images", type=int, default=1000, help="test digits per batch")
     args = parser.parse_args()

@@ -35,3 +35,15 @@ def test_a_curve_missing_from_either_run_is_named(tmp_path, capsys):
     assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0  # nothing shared
     assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--curves", "c"]) == 2
     assert "not in both runs: c" in capsys.readouterr().err
+
+
+def test_a_dominated_point_is_left_out_of_the_bd_rate_as_the_report_does(tmp_path, capsys):
+    """A point with more bytes and no more PSNR than another of its curve would make the curve
+    non-monotone (PCHIP refuses it): the BD-rate is over the undominated points, the table shows all."""
+    psnr = [20.0, 25.0, 30.0, 35.0]
+    old = curve([10.0, 20.0, 40.0, 80.0], psnr)
+    new = curve([9.0, 18.0, 36.0, 72.0, 100.0], [*psnr, 34.0])  # its last point is dominated
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert compare_runs.main([str(tmp_path / "old.csv"), str(tmp_path / "new.csv")]) == 0
+    assert "BD-rate, new curve against old: -10.00 %" in capsys.readouterr().out
