@@ -205,17 +205,20 @@ class IntInference:
         self.zero = {}  # level index -> activations and coarse weights of all-zero contexts
 
     def _requant(self, acc: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        a = acc.float() * m  # |acc| < 2**24: exact in float32, whatever the matmul's dtype
+        """Accumulators (a fresh tensor, overwritten on the CPU) -> activations 0..255."""
+        a = acc.float().mul_(m)  # |acc| < 2**24: exact in float32, whatever the matmul's dtype
         return a.add_(0.5).floor_().clamp_(0.0, 255.0).to(self.dtype)
 
     def hidden(self, ctx: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
-        """Contexts (n, 17) and layer-1 biases (n or 1, W) -> activations (n, W), integers 0..255."""
-        a1 = self._requant(ctx @ self.w1 + b1, self.m["k1"])
-        return self._requant(a1 @ self.w2 + self.b2, self.m["k2"])
+        """Contexts (n, 17) and layer-1 biases (n, W) -> activations (n, W), integers 0..255.
+        addmm starts each sum at the bias: every partial sum is still within the bound that
+        check_exact proves, so the integers are those of the matmul plus the bias."""
+        a1 = self._requant(torch.addmm(b1, ctx, self.w1), self.m["k1"])
+        return self._requant(torch.addmm(self.b2, a1, self.w2), self.m["k2"])
 
     def _weights(self, acc: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Accumulators -> integer logits (1/16 nat) -> integer weights EXP[max - logit]."""
-        logits = (acc.float() * m).add_(0.5).floor_()
+        logits = acc.float().mul_(m).add_(0.5).floor_()  # acc: fresh, overwritten on the CPU
         d = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=D_MAX).long()
         return self.exp.index_select(0, d.view(-1)).view(d.shape)  # a gather, many times faster
 
@@ -223,7 +226,7 @@ class IntInference:
         """(n, k) float64 weights of the coarse symbols."""
         if k not in self.wc_t:  # the first k outputs, transposed: MKL is faster on (k, W) than (W, k)
             self.wc_t[k] = self.wc[:, :k].t().contiguous()
-        return self._weights(torch.mm(a2, self.wc_t[k].t()) + self.bc[:k], self.m["kc"][:k])
+        return self._weights(torch.addmm(self.bc[:k], a2, self.wc_t[k].t()), self.m["kc"][:k])
 
     def fine(self, a2: torch.Tensor, g: torch.Tensor, grouped: bool) -> torch.Tensor:
         """(n, 17) float64 weights of the value inside coarse group g (0..15) of each row; the 17th
