@@ -43,5 +43,6 @@ def test_the_warm_up_codes_the_head_of_the_batch_and_the_rounds_all_of_it():
     batch = np.random.default_rng(0).integers(0, 256, (600, 28, 28), dtype=np.uint8)
     rows = _throughput(codec, default_registry().parse("raw")[0], "cpu", batch, rounds=3, warmup=1)
     head = timing.WARMUP_IMAGES
-    assert codec.calls == [("encode", head)] + [("encode", 600)] * 3 + [("decode", head)] + [("decode", 600)] * 3
+    assert codec.calls == ([("encode", head)] + [("encode", 600)] * 3
+                           + [("decode", head)] + [("decode", 600)] * 3)
     assert [r["rounds"] for r in rows] == [3, 3] and rows[0]["psnr_db"] == float("inf")
