@@ -48,12 +48,14 @@ def coder_calls(codec, images: np.ndarray) -> list[list[np.ndarray]]:
     return calls
 
 
-def range_coder_only(codec, payloads, calls) -> None:
+def range_coder_only(codec, payloads, calls) -> list[list[np.ndarray]]:
+    """The decoder's range-coder calls alone, image by image: the symbols each call decodes."""
+    out = []
     for data, mine in zip(payloads, calls):
         dec = entropy.decoder(data)
         entropy.decode_size(dec, codec.net.shape)
-        for probs in mine:
-            dec.decode(entropy.categorical(), probs)
+        out.append([dec.decode(entropy.categorical(), probs) for probs in mine])
+    return out
 
 
 def main() -> None:

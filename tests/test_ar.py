@@ -348,3 +348,27 @@ def test_default_lossy_curve_beats_webp(default_data, mnist5k):
     assert bd["bd_rate_pct"] <= -60, bd
     dominated = analysis.dominated_by(points)[points["curve"] == "ar-lossy"]
     assert (dominated == "").all(), dominated
+
+
+@pytest.mark.parametrize("which", ["lossless", "lossy"])
+def test_profile_ar_replays_the_decoders_range_coder_calls(which, request, mnist5k, monkeypatch):
+    """scripts/profile_ar.py times the range coder alone by replaying the decoder's calls on the
+    encoder's tables: the replay must make as many calls and decode the symbols that were coded."""
+    import importlib.util
+    from pathlib import Path
+
+    scripts = Path(__file__).parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    spec = importlib.util.spec_from_file_location("profile_ar", scripts / "profile_ar.py")
+    profile_ar = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_ar)
+
+    codec, x = request.getfixturevalue(which), mnist5k.test.images[:20]
+    calls = profile_ar.coder_calls(codec, x)
+    decoded = profile_ar.range_coder_only(codec, list(codec.encode(x)), calls)
+    steps = len(ar_model.geometry(28, 28).steps)
+    with codec.inference():
+        for s, _, sym, off in codec._tables(x):
+            for i in range(len(off) - 1):
+                assert np.array_equal(np.concatenate(decoded[s + i]), sym[off[i]:off[i + 1]])
+                assert (len(calls[s + i]) == steps) == (which == "lossy")
