@@ -41,7 +41,7 @@ bench-compare: $(VENV)/.installed-test
 		--benchmark-compare --benchmark-compare-fail=median:25% $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check bench bench_codecs tests examples
+	$(PY) -m ruff check bench bench_codecs tests examples scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis .ruff_cache *.egg-info
