@@ -266,6 +266,22 @@ def test_the_cache_key_covers_what_changes_the_model_and_nothing_else(mnist5k, m
     assert ARLossyCodec().cache_key(data) != base
 
 
+def test_editing_the_training_code_retrains_and_editing_the_coding_code_does_not(mnist5k, monkeypatch):
+    """The checkpoint holds the float model's weights; the integer export and the range coding run
+    after every load, so their source is not in the cache key (a speed-up there keeps the models)."""
+    from bench import entropy
+    from bench_codecs import ar_integer
+
+    data = training(mnist5k.train.images[:100])
+    base = ARCodec().cache_key(data)
+    other_source = bench_codecs.__file__  # any other file: "the module's source was edited"
+    for module in (ar_integer, entropy):
+        monkeypatch.setattr(module, "__file__", other_source)
+    assert ARCodec().cache_key(data) == base
+    monkeypatch.setattr(ar_model, "__file__", other_source)
+    assert ARCodec().cache_key(data) != base
+
+
 def test_training_is_deterministic_and_a_corrupt_checkpoint_is_retrained(mnist5k, tmp_path):
     images = mnist5k.train.images[:100].copy()
     images.setflags(write=False)  # as numpy memmaps arrive in joblib workers
