@@ -307,12 +307,17 @@ def _throughput(codec: Codec, spec: Spec, device: str, batch: np.ndarray, rounds
     groups = [x for _, x in shape_groups(batch)]
     n, pixels = len(batch), int(batches.pixels(batch).sum())
     heads = [x[:WARMUP_IMAGES] for x in groups]  # what the warm-up calls code
-    enc, payloads = measure(lambda: [codec.encode(x) for x in groups], n, rounds, warmup, device,
-                            lambda: [codec.encode(x) for x in heads])
+
+    def encode(images: list[np.ndarray]) -> list:
+        return [codec.encode(x) for x in images]
+
+    def decode(payloads: list, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [decode_checked(codec, p, x.shape) for p, x in zip(payloads, images)]
+
+    enc, payloads = measure(lambda: encode(groups), n, rounds, warmup, device, lambda: encode(heads))
     head_payloads = [Payloads.coerce(p).part(0, len(x)) for p, x in zip(payloads, heads)]
-    dec, decoded = measure(lambda: [decode_checked(codec, p, x.shape) for p, x in zip(payloads, groups)],
-                           n, rounds, warmup, device,
-                           lambda: [decode_checked(codec, p, x.shape) for p, x in zip(head_payloads, heads)])
+    dec, decoded = measure(lambda: decode(payloads, groups), n, rounds, warmup, device,
+                           lambda: decode(head_payloads, heads))
     mse = np.concatenate([metrics.mse(x, d) for x, d in zip(groups, decoded)])
     psnr = float(metrics.psnr_from_mse(mse.mean()))
     mpx = pixels / n / 1e6  # megapixels per image

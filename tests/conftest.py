@@ -80,3 +80,21 @@ def run_in_fresh_python(args: list[str]):
             f"rc = main({args!r}); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package; they import each other by
+    name, so their folder goes on sys.path while one loads)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module

@@ -18,7 +18,7 @@ from bench_codecs import ar as ar_codec
 from bench_codecs.ar import ARCodec, ARLossyCodec
 from bench_codecs.ar_integer import IntNet
 from bench_codecs.ar_model import quantiser
-from conftest import training
+from conftest import load_script, training
 
 
 @pytest.fixture(scope="module")
@@ -367,18 +367,10 @@ def test_default_lossy_curve_beats_webp(default_data, mnist5k):
 
 
 @pytest.mark.parametrize("which", ["lossless", "lossy"])
-def test_profile_ar_replays_the_decoders_range_coder_calls(which, request, mnist5k, monkeypatch):
+def test_profile_ar_replays_the_decoders_range_coder_calls(which, request, mnist5k):
     """scripts/profile_ar.py times the range coder alone by replaying the decoder's calls on the
     encoder's tables: the replay must make as many calls and decode the symbols that were coded."""
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).parents[1] / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location("profile_ar", scripts / "profile_ar.py")
-    profile_ar = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_ar)
-
+    profile_ar = load_script("profile_ar")
     codec, x = request.getfixturevalue(which), mnist5k.test.images[:20]
     calls = profile_ar.coder_calls(codec, x)
     decoded = profile_ar.range_coder_only(codec, list(codec.encode(x)), calls)

@@ -1,15 +1,11 @@
 """scripts/compare_runs.py: point-by-point changes and the BD-rate of one run's curve against
 another's."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-spec = importlib.util.spec_from_file_location(
-    "compare_runs", Path(__file__).parents[1] / "scripts" / "compare_runs.py")
-compare_runs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_runs)
+from conftest import load_script
+
+compare_runs = load_script("compare_runs")
 
 
 def curve(bytes_, psnr, name="c"):
