@@ -293,6 +293,18 @@ def test_training_is_deterministic_and_a_corrupt_checkpoint_is_retrained(mnist5k
     assert len(messages) == 1 and "corrupt or incompatible" in messages[0]
 
 
+@pytest.mark.parametrize("cls", [ARCodec, ARLossyCodec])
+def test_one_small_training_image_and_no_validation_images_still_train(cls, tmp_path):
+    """A folder of two images leaves one to train on and none to validate with: fewer pixels than
+    a batch and no validation loss still give a model that codes."""
+    image = np.random.default_rng(0).integers(0, 256, (1, 40, 36), dtype=np.uint8)
+    image[:, :20] = 0
+    codec = cls(width=8, epochs=2).fit(training(image, tmp_path, validation=image[:0]))
+    assert codec.trained_now and len(codec.history.train) == 2 and not codec.history.validation
+    expected = image if cls is ARCodec else quantised(image, 8)
+    assert np.array_equal(codec.decode(codec.encode(image)), expected)
+
+
 def test_the_registry_offers_the_levels_the_model_is_trained_on():
     assert ar_model.LEVELS[1:] == AR_LOSSY_LEVELS
     lossy = [i for i in bench_codecs.BUILTINS if i.name == "ar-lossy"][0]
