@@ -1,6 +1,7 @@
 """Two runs of the same codecs, point by point and as curves: did a change cost bytes or quality?
 
     python scripts/compare_runs.py OLD NEW [--curves ar-lossy,factorized]
+    python scripts/compare_runs.py OLD NEW --curves factorized=factorized:epochs=72
 
 OLD and NEW are run folders, or their summary.csv files: for example an example report before a
 change, taken from git (`git show REV:reports/example-mnist-5k/summary.csv > /tmp/old.csv`), and
@@ -28,12 +29,18 @@ def summary(path: str) -> pd.DataFrame:
     return pd.read_csv(p / "summary.csv" if p.is_dir() else p)
 
 
-def compare(old: pd.DataFrame, new: pd.DataFrame, curve: str) -> str:
+def compare(old: pd.DataFrame, new: pd.DataFrame, curve: str, new_curve: str | None = None) -> str:
+    """The old run's `curve` against the new run's `new_curve` (default: the same name); their
+    settings are matched by what follows the curve's name (`factorized` and
+    `factorized:epochs=72` pair `factorized:quality=2` with `factorized:epochs=72:quality=2`)."""
+    new_curve = new_curve or curve
     a = old[old["curve"] == curve].sort_values("bytes_mean")
-    b = new[new["curve"] == curve].sort_values("bytes_mean")
-    points = a[["codec", "bytes_mean", "psnr_db"]].merge(b[["codec", "bytes_mean", "psnr_db"]],
-                                                        on="codec", suffixes=("_old", "_new"))
-    lines = [f"## {curve}", "", "| setting | bytes before | after | change | PSNR before | after |",
+    b = new[new["curve"] == new_curve].sort_values("bytes_mean")
+    points = (a.assign(setting=a["codec"].str[len(curve):])[["setting", "codec", "bytes_mean", "psnr_db"]]
+              .merge(b.assign(setting=b["codec"].str[len(new_curve):])[["setting", "bytes_mean", "psnr_db"]],
+                     on="setting", suffixes=("_old", "_new")))
+    title = curve if new_curve == curve else f"{curve} → {new_curve}"
+    lines = [f"## {title}", "", "| setting | bytes before | after | change | PSNR before | after |",
              "|---|---:|---:|---:|---:|---:|"]
     for _, r in points.iterrows():
         change = 100 * (r["bytes_mean_new"] / r["bytes_mean_old"] - 1)
@@ -53,17 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--curves", default="", help="comma-separated curves (default: every shared one)")
+    p.add_argument("--curves", default="",
+                   help="comma-separated curves (default: every shared one); OLD=NEW compares the old "
+                        "run's curve OLD with the new run's NEW, e.g. factorized=factorized:epochs=72")
     args = p.parse_args(argv)
     old, new = summary(args.old), summary(args.new)
     shared = [c for c in dict.fromkeys(new["curve"]) if c in set(old["curve"])]
-    wanted = [c for c in args.curves.split(",") if c] or shared
-    missing = [c for c in wanted if c not in shared]
+    wanted = [tuple(c.split("=", 1)) if "=" in c else (c, c) for c in args.curves.split(",") if c]
+    wanted = wanted or [(c, c) for c in shared]
+    missing = [f"{a} (old run)" for a, _ in wanted if a not in set(old["curve"])]
+    missing += [f"{b} (new run)" for _, b in wanted if b not in set(new["curve"])]
     if missing:
         print(f"compare_runs: not in both runs: {', '.join(missing)} (shared: {', '.join(shared)})",
               file=sys.stderr)
         return 2
-    print("\n\n".join(compare(old, new, c) for c in wanted))
+    print("\n\n".join(compare(old, new, a, b) for a, b in wanted))
     return 0
 
 

@@ -30,7 +30,7 @@ def test_a_curve_missing_from_either_run_is_named(tmp_path, capsys):
     curve([1.0, 2.0], [20.0, 30.0], "d").to_csv(tmp_path / "b.csv", index=False)
     assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0  # nothing shared
     assert compare_runs.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--curves", "c"]) == 2
-    assert "not in both runs: c" in capsys.readouterr().err
+    assert "not in both runs: c (new run)" in capsys.readouterr().err
 
 
 def test_a_dominated_point_is_left_out_of_the_bd_rate_as_the_report_does(tmp_path, capsys):
@@ -43,3 +43,19 @@ def test_a_dominated_point_is_left_out_of_the_bd_rate_as_the_report_does(tmp_pat
     new.to_csv(tmp_path / "new.csv", index=False)
     assert compare_runs.main([str(tmp_path / "old.csv"), str(tmp_path / "new.csv")]) == 0
     assert "BD-rate, new curve against old: -10.00 %" in capsys.readouterr().out
+
+
+def test_a_curve_renamed_by_a_fixed_parameter_is_compared_setting_by_setting(tmp_path, capsys):
+    """`--curves OLD=NEW`: the default recipe's curve against a variant's (`c:epochs=9`), each
+    setting paired with the one of the same rate."""
+    psnr = [20.0, 25.0, 30.0]
+    curve([10.0, 20.0, 40.0], psnr).to_csv(tmp_path / "old.csv", index=False)
+    new = curve([9.0, 18.0, 36.0], psnr, "c:epochs=9")
+    new.to_csv(tmp_path / "new.csv", index=False)
+    args = [str(tmp_path / "old.csv"), str(tmp_path / "new.csv"), "--curves", "c=c:epochs=9"]
+    assert compare_runs.main(args) == 0
+    out = capsys.readouterr().out
+    assert "## c → c:epochs=9" in out and "| `c:q=2` | 40.000 | 36.000 | -10.00 % |" in out
+    assert "BD-rate, new curve against old: -10.00 %" in out
+    assert compare_runs.main(args[:2] + ["--curves", "c=c:epochs=8"]) == 2
+    assert "not in both runs: c:epochs=8 (new run)" in capsys.readouterr().err
