@@ -50,6 +50,13 @@ def front(points: pd.DataFrame, quality: str = "psnr_db", cost: str = "bytes_mea
     return p.loc[keep]
 
 
+def exact(points: pd.DataFrame, quality: str = "psnr_db", cost: str = "bytes_mean") -> pd.DataFrame:
+    """A lossy curve's points that gave back every test image unchanged (PSNR ∞), cheapest first.
+    The front leaves them out (∞ cannot be interpolated), but like a lossless codec each reaches
+    every PSNR target at its own cost."""
+    return points[np.isposinf(points[quality]) & np.isfinite(points[cost])].sort_values(cost, kind="stable")
+
+
 def cost_at(curve_front: pd.DataFrame, target: float, quality: str = "psnr_db",
             cost: str = "bytes_mean") -> float:
     """The cost at `target` quality, interpolated (PCHIP on log cost) between measured points;
@@ -133,28 +140,30 @@ def cost_column(summary: pd.DataFrame, amortize: int | None) -> pd.Series:
 def candidates(summary: pd.DataFrame, metric: str, targets: list[float],
                amortize: int | None = None) -> list[pd.DataFrame]:
     """Per target quality, every curve's cost at it, cheapest first: lossy curves interpolated on
-    their measured range, lossless codecs at their own size (they reach any target). A curve whose
-    cheapest point already exceeds the target reaches it at that point's cost: measured, not
-    extrapolated. `setting` is the cheapest measured point of the curve at or above the target:
-    the spec a user would run."""
+    their measured range, lossless codecs at their own size (they reach any target), and so do a
+    lossy curve's exact points (`exact`). A curve whose cheapest point already exceeds the target
+    reaches it at that point's cost: measured, not extrapolated. `setting` is the cheapest measured
+    point of the curve that reaches the target: the spec a user would run."""
     quality = QUALITY[metric]
     s = summary.assign(cost=cost_column(summary, amortize))
-    fronts = [(curve, front(g, quality, "cost"), bool(g["learned"].iloc[0]))
+    fronts = [(curve, front(g, quality, "cost"), exact(g, quality, "cost"), bool(g["learned"].iloc[0]))
               for curve, g in s[~s["lossless"]].groupby("curve", sort=False)]
     lossless = [{"curve": r["curve"], "cost": r["cost"], "learned": bool(r["learned"]),
                  "setting": r["codec"]} for _, r in s[s["lossless"]].iterrows()]
     out = []
     for target in targets:
         rows = []
-        for curve, f, learned in fronts:
-            if f.empty:
-                continue
-            lowest = f.iloc[0]
-            cost = (lowest["cost"] if target <= lowest[quality]
-                    else cost_at(f, target, quality, "cost"))
-            if np.isfinite(cost):
-                rows.append({"curve": curve, "cost": cost, "learned": learned,
-                             "setting": f[f[quality] >= target - 1e-12].iloc[0]["codec"]})
+        for curve, f, exact_points, learned in fronts:
+            reach = [(p["cost"], p["codec"]) for _, p in exact_points.head(1).iterrows()]
+            if not f.empty:
+                lowest = f.iloc[0]
+                cost = (lowest["cost"] if target <= lowest[quality]
+                        else cost_at(f, target, quality, "cost"))
+                if np.isfinite(cost):
+                    reach.append((cost, f[f[quality] >= target - 1e-12].iloc[0]["codec"]))
+            if reach:
+                cost, setting = min(reach, key=lambda r: r[0])
+                rows.append({"curve": curve, "cost": cost, "learned": learned, "setting": setting})
         c = pd.DataFrame(rows + lossless, columns=["curve", "cost", "learned", "setting"])
         out.append(c.sort_values("cost", kind="stable").reset_index(drop=True))
     return out
@@ -201,10 +210,16 @@ def verdict_settings(summary: pd.DataFrame, targets: list[tuple[str, float]],
 
 def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
     """For each learned codec: after how many images its side information is paid back by its
-    byte savings against the cheapest classical codec at the same quality (lossy: at its PSNR,
-    interpolated on each classical sweep; lossless: against classical lossless codecs)."""
+    byte savings against the cheapest classical codec at the same quality (lossless: against
+    classical lossless codecs; lossy: at its PSNR, interpolated on each classical sweep, where a
+    sweep's exact points reach any PSNR; lossy but exact on every test image: against the classical
+    lossless codecs and the sweeps' exact points)."""
     classical = summary[~summary["learned"]]
     lossy_fronts = {c: front(g) for c, g in lossy_curves(classical).items()}
+    lossless_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
+                     for _, c in classical[classical["lossless"]].iterrows()]
+    exact_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
+                  for g in lossy_curves(classical).values() for _, c in exact(g).head(1).iterrows()]
     rows = []
     for _, r in summary.iterrows():
         out = {"codec": r["codec"], "breakeven_images": np.nan, "breakeven_reference": "",
@@ -213,20 +228,23 @@ def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
             rows.append(out)
             continue
         if r["lossless"]:
-            refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
-                    for _, c in classical[classical["lossless"]].iterrows()]
-            where = "lossless"
+            refs, where = lossless_refs, "lossless"
+        elif np.isposinf(r["psnr_db"]):
+            refs, where = lossless_refs + exact_refs, "exactly (PSNR ∞)"
         else:
-            refs = []
+            refs, where = list(exact_refs), f"at {r['psnr_db']:.2f} dB"
             for curve, f in lossy_fronts.items():
                 b = cost_at(f, r["psnr_db"])
                 if np.isfinite(b):
                     side = f[f["psnr_db"] >= r["psnr_db"] - 1e-12].iloc[0]["side_info_bytes"]
                     refs.append((curve, b, side))
-            where = f"at {r['psnr_db']:.2f} dB"
         if not refs:
-            out["breakeven_note"] = ("no classical lossless codec in this run" if r["lossless"] else
-                                     f"no classical lossy curve in this run spans {r['psnr_db']:.2f} dB")
+            if r["lossless"]:
+                out["breakeven_note"] = "no classical lossless codec in this run"
+            elif np.isfinite(r["psnr_db"]):
+                out["breakeven_note"] = f"no classical lossy curve in this run spans {r['psnr_db']:.2f} dB"
+            else:
+                out["breakeven_note"] = "no classical codec in this run gives back these images exactly"
             rows.append(out)
             continue
         name, ref_bytes, ref_side = min(refs, key=lambda t: t[1])

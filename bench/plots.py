@@ -89,9 +89,12 @@ def draw_ink(pc: pd.DataFrame, path: Path) -> None:
         b.plot(g["class"], g["mse_per_100_ink"], marker="o", label=codec)
     a.set_title("MSE per class")
     b.set_title("MSE per 100 ink pixels per class")
-    for ax, ylabel in ((a, "MSE (pixels in [0, 1]), log scale"),
-                       (b, "MSE per 100 ink pixels, log scale")):
-        ax.set_yscale("log")
+    # A log scale needs a positive value: every codec may be exact on these images.
+    log = bool((pc["mse"] > 0).any())
+    for ax, ylabel in ((a, "MSE (pixels in [0, 1])"), (b, "MSE per 100 ink pixels")):
+        if log:
+            ax.set_yscale("log")
+            ylabel += ", log scale"
         ax.grid(alpha=0.3, which="both")
         ax.set_xlabel("class")
         ax.set_ylabel(ylabel)
@@ -114,7 +117,8 @@ def draw_compression(fam: pd.DataFrame, path: Path) -> None:
     a.set_title("Compression vs error (published definition)")
     b.set_title("Compression vs error (real bytes)")
     for ax in (a, b):
-        ax.set_yscale("log")
+        if (fam["mse"] > 0).any():  # a log scale needs a positive value
+            ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
     _save(fig, path)
@@ -137,17 +141,19 @@ def draw_rate_distortion(points: pd.DataFrame, path: Path) -> None:
         g = g.sort_values("bpp")
         style = {"color": colours[i % len(colours)], "marker": "os^Dv"[i // len(colours) % 5],
                  "ms": 4, "ls": "-" if bool(g["learned"].iloc[0]) else "--", "label": curve}
-        a.plot(g["bpp"], g["psnr_db"], **style)
+        # A setting that gave back every image unchanged (PSNR ∞) sits on the lossless line.
+        a.plot(g["bpp"], g["psnr_db"].where(~np.isposinf(g["psnr_db"]), top), **style)
         b.plot(g["bpp"], g["ssim"], **{**style, "label": None})
     for i, (_, row) in enumerate(lossless.iterrows()):
         marker, shade = "*PXDs^v<>ph"[i % 11], ("black", "dimgrey", "darkgrey")[i // 11 % 3]
         style = {"marker": marker, "s": 80, "color": shade, "zorder": 3}
         a.scatter(row["bpp"], top, label=f"{row['codec']} (lossless)", **style)
         b.scatter(row["bpp"], row["ssim"], **style)
-    if len(lossless):
+    exact = bool(np.isposinf(points.loc[~points["lossless"], "psnr_db"]).any())
+    if len(lossless) or exact:
         a.axhline(top, color="grey", lw=0.5, ls="--")
-        a.annotate("lossless (∞ dB)", (0.01, top), xycoords=("axes fraction", "data"),
-                   va="bottom", fontsize=7, color="grey")
+        a.annotate("lossless or exact (∞ dB)" if exact else "lossless (∞ dB)", (0.01, top),
+                   xycoords=("axes fraction", "data"), va="bottom", fontsize=7, color="grey")
     a.set_ylabel("PSNR (dB)")
     b.set_ylabel("SSIM")
     for ax, title in ((a, "Rate–distortion: PSNR"), (b, "Rate–distortion: SSIM")):

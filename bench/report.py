@@ -155,8 +155,9 @@ def _verdict(r: RunResult, a: Analysis) -> str:
         "this test split, and the runner-up. A lossy codec's bytes are read off its measured "
         "curve (its quality sweep, or a family's sizes), interpolated between measured points "
         "(PCHIP on log bytes) and never extrapolated beyond them; a curve whose cheapest point "
-        "already exceeds the target reaches it at that point's bytes; a lossless codec reaches "
-        "every target at its own size. *Run it as* names the cheapest measured setting that "
+        "already exceeds the target reaches it at that point's bytes; a lossless codec, or a lossy "
+        "setting that gave back every image unchanged (∞ dB), reaches every target at its own size. "
+        "*Run it as* names the cheapest measured setting that "
         "reaches the target, with its bytes and quality: the speed columns are that setting's, "
         "measured on "
         f"{r.meta['devices'][0]}. Curves are keyed by codec and its fixed parameters, so "
@@ -188,9 +189,11 @@ def _verdict(r: RunResult, a: Analysis) -> str:
             "",
             "The number of images after which a learned codec's side information is repaid by its "
             "byte savings against the cheapest classical codec *at the same quality*: for a lossy "
-            "codec, the classical lossy curves read at its PSNR (interpolated, never extrapolated); "
-            "for a lossless one, the classical lossless codecs. *never*: the classical codec is "
-            "smaller at that quality; *n/a*: no classical curve in this run covers it.",
+            "codec, the classical lossy curves read at its PSNR (interpolated, never extrapolated; "
+            "a setting that gave back every image unchanged reaches any PSNR); for a lossless one, "
+            "or a lossy one that gave back every image unchanged, the classical lossless codecs "
+            "(and such settings). *never*: the classical codec is smaller at that quality; *n/a*: "
+            "no classical curve in this run covers it.",
             "",
             table(pd.DataFrame(rows)),
         ]

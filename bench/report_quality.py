@@ -57,7 +57,9 @@ def ae_vs_pca(r: RunResult) -> str:
         a, p = s.loc[ae], s.loc[pca]
         rows.append({"level": f"{level} %", "latent bytes": num(a["latent"], "{:.0f}"),
                      "AE PSNR dB": num(a["psnr_db"]), "PCA PSNR dB": num(p["psnr_db"]),
-                     "AE - PCA dB": num(a["psnr_db"] - p["psnr_db"], "{:+.2f}"),
+                     # Both exact (∞ dB) is no difference, not ∞ - ∞.
+                     "AE - PCA dB": num(0.0 if a["psnr_db"] == p["psnr_db"] else a["psnr_db"] - p["psnr_db"],
+                                        "{:+.2f}"),
                      "AE SSIM": num(a["ssim"], "{:.4f}"), "PCA SSIM": num(p["ssim"], "{:.4f}"),
                      "AE MSE": num(a["mse"], "{:.5f}"), "PCA MSE": num(p["mse"], "{:.5f}")})
     if not rows:

@@ -114,6 +114,22 @@ def test_a_curve_whose_cheapest_point_is_above_the_target_answers_with_that_poin
     assert v.loc[24.0, "bytes"] == 150.0 and 400.0 < v.loc[24.0, "runner_up_bytes"] < 500.0
 
 
+def test_a_lossy_setting_that_gives_back_every_image_reaches_every_psnr_target():
+    """PSNR ∞ cannot be interpolated, but an exact setting of a lossy codec (a near-lossless codec
+    on images it happens to code exactly, the top of a sweep) reaches any target at its bytes, as a
+    lossless codec does; alone on its curve it still counts."""
+    exact = summary([("e:q=9", "e", False, False, 300.0, np.inf, 1.0, 0),
+                     ("x:q=0", "x", False, True, 8.0, np.inf, 1.0, 0),
+                     ("zlib", "zlib", True, False, 500.0, np.inf, 1.0, 0)])
+    s = pd.concat([two_curves(), exact[:1]])
+    v = analysis.verdict(s, [("psnr", 30.0), ("psnr", 40.0), ("psnr", 45.0)]).set_index("target")
+    assert v.loc[30.0, "curve"] == "t" and v.loc[30.0, "runner_up_curve"] == "e"  # 2xx B < 300 B
+    assert v.loc[40.0, "curve"] == "e" and v.loc[40.0, "setting"] == "e:q=9"  # t needs ~395 B
+    assert v.loc[45.0, "curve"] == "e" and v.loc[45.0, "bytes"] == 300.0  # no other curve gets there
+    alone = analysis.verdict(pd.concat([two_curves(), exact]), [("psnr", 45.0)]).iloc[0]
+    assert alone["curve"] == "x" and alone["bytes"] == 8.0 and alone["runner_up_curve"] == "e"
+
+
 def test_amortised_verdict_adds_side_information_per_image():
     rows = [(f"l{i}", "l", False, True, b / 4, q, 0.9, 4_000_000) for i, (b, q) in enumerate(TEST)]
     s = pd.concat([two_curves(), summary(rows)])
@@ -146,6 +162,23 @@ def test_breakeven_is_against_the_best_classical_codec_at_the_same_quality():
     assert "t is smaller" in b.loc["ae-big", "breakeven_note"]
     assert b.loc["px", "breakeven_images"] == np.ceil(50_000 / (197.0 - 120.0))  # lossless: against zlib
     assert np.isnan(b.loc["zlib", "breakeven_images"]) and b.loc["zlib", "breakeven_note"] == ""
+
+
+def test_breakeven_counts_exact_lossy_settings_and_compares_an_exact_lossy_codec_with_lossless_ones():
+    rows = [("ae-low", "ae", False, True, 40.0, 20.0, 0.8, 400_000),
+            ("ae-exact", "ae", False, True, 100.0, np.inf, 1.0, 400_000),
+            ("e:q=9", "e", False, False, 300.0, np.inf, 1.0, 0),
+            ("zlib", "zlib", True, False, 250.0, np.inf, 1.0, 0)]
+    b = analysis.breakeven(pd.concat([two_curves(), summary(rows)])).set_index("codec")
+    # An exact setting reaches 20 dB, below every sweep's measured range.
+    assert b.loc["ae-low", "breakeven_reference"] == "e:q=9 (300.0 B at 20.00 dB)"
+    assert b.loc["ae-low", "breakeven_images"] == np.ceil(400_000 / (300.0 - 40.0))
+    # Exact on every image: the same quality as zlib's (250 B), not a sweep's PSNR.
+    assert b.loc["ae-exact", "breakeven_reference"] == "zlib (250.0 B exactly (PSNR ∞))"
+    assert b.loc["ae-exact", "breakeven_images"] == np.ceil(400_000 / (250.0 - 100.0))
+    none = analysis.breakeven(pd.concat([two_curves(), summary(rows[1:2])])).set_index("codec")
+    assert none.loc["ae-exact", "breakeven_note"] == ("no classical codec in this run gives back these "
+                                                     "images exactly")
 
 
 def test_dominated_marks_exactly_the_dominated_points():
