@@ -21,6 +21,7 @@ DATASETS = ("mnist", "mnist-5k", "fashion-mnist", "photo-crops", "folder:PATH")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_TIMEOUT_S = 5.0  # per socket operation: a dead network fails in seconds, a slow one still works
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
+DEEP_MODES = {"I": "32-bit integer", "F": "floating-point"}  # and "I;16...": Pillow's deeper modes
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -292,7 +293,9 @@ def load_folder(path: Path, seed: int = 0) -> Dataset:
 
     if not path.is_dir():
         raise DatasetError(f"folder:{path}: not a readable folder")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # Hidden entries (.git, macOS's ._name.png resource forks) are not the user's images.
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DatasetError(f"folder:{path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     class_of = [p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else "" for p in files]
@@ -304,7 +307,14 @@ def load_folder(path: Path, seed: int = 0) -> Dataset:
                 w, h = im.size
                 if w > MAX_SIDE or h > MAX_SIDE:
                     raise DatasetError(f"{p}: {w}x{h} is larger than {MAX_SIDE}x{MAX_SIDE}")
+                if im.mode in DEEP_MODES or im.mode.startswith("I;"):
+                    # Pillow's convert("L") clips these to 0 or 255: constant images, silently.
+                    raise DatasetError(
+                        f"{p}: {DEEP_MODES.get(im.mode, '16-bit')} pixels (Pillow mode {im.mode}); the "
+                        "benchmark codes 8-bit images: save them with 8 bits per sample first")
                 images.append(np.asarray(im.convert("L"), dtype=np.uint8))
+        except Image.DecompressionBombError as exc:  # its header claims a huge image
+            raise DatasetError(f"{p}: larger than {MAX_SIDE}x{MAX_SIDE} ({exc})") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise DatasetError(f"{p}: not a readable image ({exc})") from None
     if len(images) < 2:
@@ -350,6 +360,8 @@ def load_dataset(name: str | None, data_dir: Path | None = None, seed: int = 0) 
         return load_torchvision("fashion-mnist", "FashionMNIST", data_dir, FASHION_CLASSES,
                                 extra_folders=[DEBIAN_FASHION_MNIST])
     if name.startswith("folder:"):
+        if not name[len("folder:"):].strip():
+            raise DatasetError("folder: needs the folder's path after the colon, e.g. folder:~/my-images")
         return load_folder(Path(name[len("folder:"):]).expanduser(), seed)
     import difflib
 

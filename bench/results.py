@@ -116,10 +116,18 @@ def new_run_dir(root: Path, dataset: str) -> Path:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Fail before any work when the output folder would be overwritten by surprise."""
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise BenchError(f"--out {out} exists and is not empty; choose a new folder or pass "
-                         "--overwrite to replace it")
+    """Fail before any work when the output folder would be overwritten by surprise, or when
+    --overwrite would replace something that is not an earlier run's folder (a file, a folder of
+    the user's own)."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file, not a folder; choose a folder for the report")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise BenchError(f"--out {out} exists and is not empty; choose a new folder or pass "
+                             "--overwrite to replace it")
+        if not (out / "meta.json").is_file():
+            raise BenchError(f"--out {out} is not an earlier run's folder (it has no meta.json), and "
+                             "--overwrite replaces only those; choose a new folder")
     parent = out.parent if out.parent != Path("") else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK):

@@ -166,6 +166,23 @@ def test_existing_out_is_not_overwritten(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_overwrite_replaces_an_earlier_run_but_not_a_file_or_a_folder_of_ones_own(tmp_path):
+    mine, note = tmp_path / "mine", tmp_path / "note.txt"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    note.write_text("mine")
+    for out, message in ((mine, "is not an earlier run's folder"), (note, "is a file")):
+        proc = bench("run", "--codecs", "png", "--dataset", "mnist-5k", "--out", str(out), "--overwrite")
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert (mine / "keep.txt").read_text() == "mine" and note.read_text() == "mine"
+    run = tmp_path / "run"
+    for _ in range(2):  # the second replaces the first
+        proc = bench("run", "--codecs", "png", "--dataset", "mnist-5k", "--sweep", "none", "--no-tsne",
+                     "--out", str(run), "--overwrite")
+        assert proc.returncode == 0, proc.stderr
+    assert (run / "meta.json").is_file() and not list(tmp_path.glob(".run.*"))
+
+
 def test_list_prints_every_codec_with_kind():
     proc = bench("list")
     assert proc.returncode == 0

@@ -137,6 +137,44 @@ def test_folder_errors_are_clear(tmp_path):
     (tmp_path / "c.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="not a readable image"):
         load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "c.png").unlink()
+    with pytest.raises(DatasetError, match="needs the folder's path"):
+        load_dataset("folder:")
+
+
+@pytest.mark.parametrize("mode, what", [("I;16", "16-bit"), ("I", "32-bit integer"), ("F", "floating-point")])
+def test_deeper_than_8_bit_images_are_refused_not_clipped(tmp_path, mode, what):
+    """Pillow's convert("L") clips them: 16-bit photos came out all 255, float ones all 0."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    deep = Image.fromarray(np.full((8, 8), 1000, np.uint16)).convert(mode)
+    deep.save(tmp_path / ("b.png" if mode == "I;16" else "b.tif"))
+    with pytest.raises(DatasetError, match=f"{what} pixels \\(Pillow mode {mode}"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_hidden_files_are_skipped_and_a_decompression_bomb_is_refused(tmp_path):
+    from PIL import Image
+
+    for name in ("a.png", "b.png", ".c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    (tmp_path / "._a.png").write_bytes(b"a resource fork, not an image")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "d.png").write_bytes(b"not an image")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 2
+    # A header that claims 20000x20000: Pillow refuses it before our size check.
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+    with pytest.raises(DatasetError, match="bomb.png: larger than 1024x1024"):
+        load_dataset(f"folder:{tmp_path}")
 
 
 def test_photo_crops_load_offline_seeded_with_the_promised_shape(monkeypatch):
