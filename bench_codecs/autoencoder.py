@@ -9,6 +9,7 @@ loop (straight-through gradient), so what is trained is what is sent.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -63,7 +64,8 @@ class Autoencoder(nn.Module):
     """Conv encoder and transposed-conv decoder, each beside a linear path initialised from PCA.
 
     The conv paths' last layers start at zero, so training starts from the PCA solution with
-    the same one-byte latents and can only improve on it.
+    the same one-byte latents; where training ends worse than that start on the validation split
+    (a few odd images), `train` keeps the start.
     """
 
     def __init__(self, latent: int, shape: tuple[int, int] = (28, 28), width: int = 32):
@@ -125,9 +127,10 @@ class Autoencoder(nn.Module):
 
 
 def train(model: Autoencoder, images: np.ndarray, validation: np.ndarray, epochs: int, seed: int,
-          progress: bool = True) -> History:
+          progress: bool = True, log=None) -> History:
     """MSE with the one-byte rounding in the loop; the PCA-initialised linear paths are already
-    good, so they move slowly (RECIPE["linear_lr_factor"]) and the conv paths fast."""
+    good, so they move slowly (RECIPE["linear_lr_factor"]) and the conv paths fast. A model whose
+    validation MSE ends above its PCA start's goes back to the start (and says so through `log`)."""
     device = next(model.parameters()).device
 
     def tensor(a):
@@ -145,10 +148,22 @@ def train(model: Autoencoder, images: np.ndarray, validation: np.ndarray, epochs
         xb = x[idx]
         return nn.functional.mse_loss(model(xb), xb)
 
-    return train_loop(model, loss=loss, items=len(x), batch=RECIPE["batch"], epochs=epochs, seed=seed,
-                      optimizer=opt, scheduler=sched,
-                      validate=(lambda: nn.functional.mse_loss(model(xv), xv)) if len(xv) else None,
-                      desc=f"train ae latent={model.latent}", progress=progress)
+    def validate() -> float:
+        return float(nn.functional.mse_loss(model(xv), xv))
+
+    start = copy.deepcopy(model.state_dict())
+    model.eval()  # as train_loop validates: BatchNorm on its running statistics
+    with torch.no_grad():
+        start_mse = validate() if len(xv) else None
+    history = train_loop(model, loss=loss, items=len(x), batch=RECIPE["batch"], epochs=epochs, seed=seed,
+                         optimizer=opt, scheduler=sched, validate=validate if len(xv) else None,
+                         desc=f"train ae latent={model.latent}", progress=progress)
+    if start_mse is not None and history.validation[-1] > start_mse:
+        model.load_state_dict(start)
+        if log is not None:
+            log(f"ae latent={model.latent}: training ended at validation MSE {history.validation[-1]:.6f}, "
+                f"above its PCA start's {start_mse:.6f}: the start is kept")
+    return history
 
 
 class AutoencoderCodec(LearnedCodec):
@@ -173,7 +188,7 @@ class AutoencoderCodec(LearnedCodec):
     def train_model(self, model: Autoencoder, data: TrainingData) -> History:
         train_images, validation = (tiles.split(a, model.shape) for a in (data.train, data.validation))
         model.init_from_pca(pca.fit_pca(train_images, self.latent))
-        return train(model, train_images, validation, self.epochs, self.seed, data.progress)
+        return train(model, train_images, validation, self.epochs, self.seed, data.progress, data.log)
 
     def decoder_modules(self) -> list[nn.Module]:
         model = self.require_model()

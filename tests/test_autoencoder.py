@@ -79,6 +79,22 @@ def test_starts_from_the_pca_control(train_small):
     assert diff.max() <= 1  # float32 rounding at a level boundary, nothing more
 
 
+def test_training_that_ends_worse_than_the_pca_start_keeps_the_start(train_small, tmp_path, monkeypatch):
+    """A learning rate far too high wrecks the model (as a few odd images did: 6 dB where PCA gave
+    29): the codec keeps its PCA start, says so, and codes as the PCA control does."""
+    from bench_codecs import autoencoder
+    from bench_codecs.pca import PCACodec
+
+    monkeypatch.setitem(autoencoder.RECIPE, "lr", 30.0)
+    notices = []
+    codec = AutoencoderCodec(8, epochs=1).fit(training(train_small[:200], tmp_path, log=notices.append))
+    assert codec.history.validation[-1] > 0.05  # training did end far worse
+    assert len(notices) == 1 and "the start is kept" in notices[0]
+    pca = PCACodec(8).fit(training(train_small[:200]))
+    diff = codec.encode(train_small[:50]).as_array().astype(int) - pca.encode(train_small[:50]).as_array()
+    assert np.abs(diff).max() <= 1  # float32 rounding at a level boundary, nothing more
+
+
 def test_cache_hit_does_not_retrain(train_small, tmp_path):
     first = AutoencoderCodec(8, epochs=1).fit(training(train_small, tmp_path))
     assert first.trained_now and first.checkpoint.exists()
