@@ -101,9 +101,12 @@ def lossless(r: RunResult) -> str:
     return "\n".join([*lines, "", table(df)])
 
 def per_class(r: RunResult, pc: pd.DataFrame, figures: dict[str, Path]) -> str:
+    absent = [c for c in r.meta["classes"] if c not in set(pc["class"])]
     parts = ["## Quality per class", "",
              "Per codec and class (the test images' labels). In each table **bold** marks the best "
-             "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM).",
+             "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM)."
+             + (f" No test image has the class {', '.join(f'`{c}`' for c in absent)}: too few images "
+                "of it for the split to hold one out, so it is in no table." if absent else ""),
              "", image(figures, "per_class_psnr", "PSNR per class")]
     metric_tables = (("mse", "MSE", "{:.5f}"), ("psnr_db", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
     extremes = {m: analysis.class_extremes(pc, m, higher_is_better=m != "mse").set_index("codec")

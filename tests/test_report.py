@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -220,6 +222,24 @@ def test_lossless_section_places_the_run_beside_the_published_mnist_figures():
     other = _lossless(RunResult({**meta, "dataset": "fashion-mnist"}, s, pd.DataFrame(), pd.DataFrame()))
     assert "zlib" in other and "BB-ANS" not in other  # MNIST figures only beside MNIST
     assert _lossless(RunResult(meta, s[~s["lossless"]], pd.DataFrame(), pd.DataFrame())) == ""
+
+
+def test_a_class_with_no_test_image_is_named_not_silently_missing():
+    from bench.report_quality import per_class
+    from bench.results import RunResult
+
+    images = pd.DataFrame({"codec": "c", "role": "main", "label": [0, 0, 1, 1], "bytes": 10, "bpp": 0.1,
+                           "model_bytes": np.nan, "mse": [0.01, 0.02, 0.03, 0.04], "psnr_db": 20.0,
+                           "ssim": 0.9, "ink": 100, "mse_per_100_ink": 0.01})
+    s = pd.DataFrame({"codec": ["c"], "family": ["c"], "role": ["main"], "lossless": [False]})
+    meta = {"dataset": "folder:x", "classes": ["cat", "dog", "lone"]}
+    result = RunResult(meta, s, images, pd.DataFrame())
+    figures = {"per_class_psnr": Path("per_class_psnr.png")}
+    text = per_class(result, analysis.per_class(result), figures)
+    assert "No test image has the class `lone`" in text
+    full = per_class(RunResult({**meta, "classes": ["cat", "dog"]}, s, images, pd.DataFrame()),
+                     analysis.per_class(result), figures)
+    assert "No test image" not in full
 
 
 def test_a_section_links_its_figure_only_when_it_was_drawn(tmp_path):
