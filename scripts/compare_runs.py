@@ -1,7 +1,7 @@
 """Two runs of the same codecs, point by point and as curves: did a change cost bytes or quality?
 
     python scripts/compare_runs.py OLD NEW [--curves ar-lossy,factorized]
-    python scripts/compare_runs.py OLD NEW --curves factorized=factorized:epochs=72
+    python scripts/compare_runs.py OLD NEW --pair factorized factorized:epochs=72
 
 OLD and NEW are run folders, or their summary.csv files: for example an example report before a
 change, taken from git (`git show REV:reports/example-mnist-5k/summary.csv > /tmp/old.csv`), and
@@ -29,16 +29,24 @@ def summary(path: str) -> pd.DataFrame:
     return pd.read_csv(p / "summary.csv" if p.is_dir() else p)
 
 
+def setting(codec: str, curve: str) -> str:
+    """A codec's name without the fixed parameters of its curve: what pairs `factorized:quality=2`
+    of the curve `factorized` with `factorized:epochs=72:quality=2` of `factorized:epochs=72`."""
+    name, *params = codec.split(":")
+    fixed = set(curve.split(":")[1:])
+    return ":".join([name, *(p for p in params if p not in fixed)])
+
+
 def compare(old: pd.DataFrame, new: pd.DataFrame, curve: str, new_curve: str | None = None) -> str:
-    """The old run's `curve` against the new run's `new_curve` (default: the same name); their
-    settings are matched by what follows the curve's name (`factorized` and
-    `factorized:epochs=72` pair `factorized:quality=2` with `factorized:epochs=72:quality=2`)."""
+    """The old run's `curve` against the new run's `new_curve` (default: the same curve), setting
+    by setting (`setting`)."""
     new_curve = new_curve or curve
     a = old[old["curve"] == curve].sort_values("bytes_mean")
     b = new[new["curve"] == new_curve].sort_values("bytes_mean")
-    points = (a.assign(setting=a["codec"].str[len(curve):])[["setting", "codec", "bytes_mean", "psnr_db"]]
-              .merge(b.assign(setting=b["codec"].str[len(new_curve):])[["setting", "bytes_mean", "psnr_db"]],
-                     on="setting", suffixes=("_old", "_new")))
+    a_keyed = a.assign(setting=[setting(c, curve) for c in a["codec"]])
+    b_keyed = b.assign(setting=[setting(c, new_curve) for c in b["codec"]])
+    points = a_keyed[["setting", "codec", "bytes_mean", "psnr_db"]].merge(
+        b_keyed[["setting", "bytes_mean", "psnr_db"]], on="setting", suffixes=("_old", "_new"))
     title = curve if new_curve == curve else f"{curve} → {new_curve}"
     lines = [f"## {title}", "", "| setting | bytes before | after | change | PSNR before | after |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -60,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--curves", default="",
-                   help="comma-separated curves (default: every shared one); OLD=NEW compares the old "
-                        "run's curve OLD with the new run's NEW, e.g. factorized=factorized:epochs=72")
+    p.add_argument("--curves", default="", help="comma-separated curves (default: every shared one)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("OLD", "NEW"),
+                   help="compare the old run's curve OLD with the new run's NEW (a recipe variant), "
+                        "e.g. --pair factorized factorized:epochs=72; repeatable")
     args = p.parse_args(argv)
     old, new = summary(args.old), summary(args.new)
     shared = [c for c in dict.fromkeys(new["curve"]) if c in set(old["curve"])]
-    wanted = [tuple(c.split("=", 1)) if "=" in c else (c, c) for c in args.curves.split(",") if c]
+    wanted = [(c, c) for c in args.curves.split(",") if c] + [tuple(pair) for pair in args.pair]
     wanted = wanted or [(c, c) for c in shared]
     missing = [f"{a} (old run)" for a, _ in wanted if a not in set(old["curve"])]
     missing += [f"{b} (new run)" for _, b in wanted if b not in set(new["curve"])]
