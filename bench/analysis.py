@@ -210,16 +210,16 @@ def verdict_settings(summary: pd.DataFrame, targets: list[tuple[str, float]],
 
 def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
     """For each learned codec: after how many images its side information is paid back by its
-    byte savings against the cheapest classical codec at the same quality (lossless: against
-    classical lossless codecs; lossy: at its PSNR, interpolated on each classical sweep, where a
-    sweep's exact points reach any PSNR; lossy but exact on every test image: against the classical
-    lossless codecs and the sweeps' exact points)."""
+    byte savings against the cheapest classical codec at the same quality (lossy: at its PSNR,
+    interpolated on each classical sweep; lossless: against classical lossless codecs; lossy but
+    exact on every test image: against those and the sweeps' exact settings)."""
     classical = summary[~summary["learned"]]
-    lossy_fronts = {c: front(g) for c, g in lossy_curves(classical).items()}
+    curves = lossy_curves(classical)
+    lossy_fronts = {c: front(g) for c, g in curves.items()}
     lossless_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
                      for _, c in classical[classical["lossless"]].iterrows()]
     exact_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
-                  for g in lossy_curves(classical).values() for _, c in exact(g).head(1).iterrows()]
+                  for g in curves.values() for _, c in exact(g).head(1).iterrows()]
     rows = []
     for _, r in summary.iterrows():
         out = {"codec": r["codec"], "breakeven_images": np.nan, "breakeven_reference": "",
@@ -230,9 +230,9 @@ def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
         if r["lossless"]:
             refs, where = lossless_refs, "lossless"
         elif np.isposinf(r["psnr_db"]):
-            refs, where = lossless_refs + exact_refs, "exactly (PSNR ∞)"
+            refs, where = lossless_refs + exact_refs, "at ∞ dB (exact)"
         else:
-            refs, where = list(exact_refs), f"at {r['psnr_db']:.2f} dB"
+            refs, where = [], f"at {r['psnr_db']:.2f} dB"
             for curve, f in lossy_fronts.items():
                 b = cost_at(f, r["psnr_db"])
                 if np.isfinite(b):

@@ -100,10 +100,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
 @dataclass
 class History:
     """The loss per epoch: mean over the epoch's training steps, and on the validation split
-    (deterministic: no noise, no dropout) when the family measures it."""
+    (deterministic: no noise, no dropout) when the family measures it; `kept` says what the
+    model's weights are when they are not the last epoch's (the report reads it beside the loss)."""
 
     train: list[float] = field(default_factory=list)
     validation: list[float] = field(default_factory=list)
+    kept: str = ""
 
 
 def train_loop(model: nn.Module, *, loss: Callable[[torch.Tensor], torch.Tensor], items: int,

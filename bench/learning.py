@@ -119,6 +119,10 @@ def section(summary: pd.DataFrame, meta: dict) -> str:
         r = group.iloc[0]
         train, validation = parse(r.get("train_loss")), parse(r.get("validation_loss"))
         reading = read(train, validation)
+        kept = r.get("training_kept")
+        if isinstance(kept, str) and kept:  # the weights are not the last epoch's
+            reading = Reading("start kept", f"the codec kept {kept}; its epochs read *{reading.status}*: "
+                              f"{reading.note}")
         codec = r["codec"]
         if len(group) > 1:
             codec += f" and {len(group) - 1} more setting{'s' if len(group) > 2 else ''} (one model)"
@@ -134,7 +138,8 @@ def section(summary: pd.DataFrame, meta: dict) -> str:
         f"validation loss still fell more than {_pct(UNDER_TRAINED_FALL)} per epoch over the last "
         "quarter of the epochs (at least the last one) and ends at its lowest; *over-fitted*: it "
         f"ends more than {_pct(OVER_FITTED_RISE)} above its lowest while the training loss still "
-        "fell; *settled*: neither. A codec reading under-trained or over-fitted would do better "
+        "fell; *settled*: neither; *start kept*: training ended worse than the model's starting "
+        "point, which the codec keeps. A codec reading under-trained or over-fitted would do better "
         "with more epochs or more images, so its place in the verdict is a lower bound. The loss "
         "is each family's own training objective, so values compare within a codec only.",
         "",

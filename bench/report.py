@@ -189,11 +189,11 @@ def _verdict(r: RunResult, a: Analysis) -> str:
             "",
             "The number of images after which a learned codec's side information is repaid by its "
             "byte savings against the cheapest classical codec *at the same quality*: for a lossy "
-            "codec, the classical lossy curves read at its PSNR (interpolated, never extrapolated; "
-            "a setting that gave back every image unchanged reaches any PSNR); for a lossless one, "
-            "or a lossy one that gave back every image unchanged, the classical lossless codecs "
-            "(and such settings). *never*: the classical codec is smaller at that quality; *n/a*: "
-            "no classical curve in this run covers it.",
+            "codec, the classical lossy curves read at its PSNR (interpolated, never extrapolated); "
+            "for a lossless one, the classical lossless codecs; for a lossy one that gave back every "
+            "image unchanged, those and the classical lossy settings that did too. *never*: the "
+            "classical codec is smaller at that quality; *n/a*: no classical curve in this run "
+            "covers it.",
             "",
             table(pd.DataFrame(rows)),
         ]

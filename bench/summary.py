@@ -37,7 +37,8 @@ def codec_row(spec: Spec, codec: Codec, role: str, frame: pd.DataFrame,
                     "fit_validation_images": len(validation),
                     "fit_size": f"{train.shape[1]}x{train.shape[2]}" if train.ndim == 3 else "",
                     "train_loss": _losses(getattr(history, "train", [])),
-                    "validation_loss": _losses(getattr(history, "validation", []))})
+                    "validation_loss": _losses(getattr(history, "validation", [])),
+                    "training_kept": getattr(history, "kept", "")})
     return row
 
 

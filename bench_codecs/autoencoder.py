@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ class Autoencoder(nn.Module):
 
 
 def train(model: Autoencoder, images: np.ndarray, validation: np.ndarray, epochs: int, seed: int,
-          progress: bool = True, log=None) -> History:
+          progress: bool = True, log: Callable[[str], None] | None = None) -> History:
     """MSE with the one-byte rounding in the loop; the PCA-initialised linear paths are already
     good, so they move slowly (RECIPE["linear_lr_factor"]) and the conv paths fast. A model whose
     validation MSE ends above its PCA start's goes back to the start (and says so through `log`)."""
@@ -160,9 +160,10 @@ def train(model: Autoencoder, images: np.ndarray, validation: np.ndarray, epochs
                          desc=f"train ae latent={model.latent}", progress=progress)
     if start_mse is not None and history.validation[-1] > start_mse:
         model.load_state_dict(start)
+        history.kept = (f"the PCA start (validation MSE {start_mse:.4g}): training ended above it, "
+                        f"at {history.validation[-1]:.4g}")
         if log is not None:
-            log(f"ae latent={model.latent}: training ended at validation MSE {history.validation[-1]:.6f}, "
-                f"above its PCA start's {start_mse:.6f}: the start is kept")
+            log(f"ae latent={model.latent}: kept {history.kept}")
     return history
 
 

@@ -89,7 +89,10 @@ def test_training_that_ends_worse_than_the_pca_start_keeps_the_start(train_small
     notices = []
     codec = AutoencoderCodec(8, epochs=1).fit(training(train_small[:200], tmp_path, log=notices.append))
     assert codec.history.validation[-1] > 0.05  # training did end far worse
-    assert len(notices) == 1 and "the start is kept" in notices[0]
+    assert codec.history.kept.startswith("the PCA start")
+    assert notices == [f"ae latent=8: kept {codec.history.kept}"]
+    again = AutoencoderCodec(8, epochs=1).fit(training(train_small[:200], tmp_path))
+    assert not again.trained_now and again.history.kept == codec.history.kept  # in the checkpoint
     pca = PCACodec(8).fit(training(train_small[:200]))
     diff = codec.encode(train_small[:50]).as_array().astype(int) - pca.encode(train_small[:50]).as_array()
     assert np.abs(diff).max() <= 1  # float32 rounding at a level boundary, nothing more

@@ -50,6 +50,17 @@ def test_settings_of_one_model_share_a_row_and_closed_form_fits_keep_theirs():
     assert cells[1:] == ["ar-lossy and 1 more setting (one model)", "ar-lossy:epochs=2", "pca50", "pca95"]
 
 
+def test_a_model_that_kept_its_start_says_so_instead_of_reading_its_loss_curve():
+    """Its loss curve is that of weights it threw away: 'under-trained' would be wrong."""
+    summary = pd.DataFrame({"codec": ["ae95", "ae99"], "curve": ["ae", "ae"], "learned": [True] * 2,
+                            "fit_images": [100] * 2, "fit_pixels": [78400] * 2,
+                            "train_loss": ["0.5;0.4"] * 2, "validation_loss": ["0.6;0.3", "0.6;0.2"],
+                            "training_kept": ["the PCA start (validation MSE 0.01)", np.nan]})
+    rows = [line for line in learning.section(summary, {}).splitlines() if line.startswith("| ae")]
+    assert "**start kept**: the codec kept the PCA start (validation MSE 0.01); its epochs read " in rows[0]
+    assert "**under-trained**" in rows[1]
+
+
 def test_a_curve_read_back_from_csv():
     assert learning.parse("0.5;0.25") == [0.5, 0.25]
     assert learning.parse(0.5) == [0.5]  # one epoch: CSV reads the cell as a number
@@ -91,10 +102,13 @@ def test_the_report_notes_a_data_starved_learned_codec(starved, tmp_path):
             if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"codec", "ae95:epochs=1", "ae95:epochs=3", "pca95"}
     assert "300 images of 28x28 (0.24 Mpx); 60 validation images" in rows["ae95:epochs=1"]
-    assert "**cannot tell**: 1 epoch" in rows["ae95:epochs=1"]
+    # One epoch on 300 digits ends above the PCA start (the rule's "1 epoch" case: test_the_rule).
+    assert "**start kept**: the codec kept the PCA start" in rows["ae95:epochs=1"]
     v = learning.parse(starved.summary.set_index("codec").loc["ae95:epochs=3", "validation_loss"])
     t = learning.parse(starved.summary.set_index("codec").loc["ae95:epochs=3", "train_loss"])
-    assert f"**{read(t, v).status}**" in rows["ae95:epochs=3"]
+    # On 300 digits three epochs end above the PCA start too: kept, and the epochs still read.
+    assert "**start kept**" in rows["ae95:epochs=3"] and f"its epochs read *{read(t, v).status}*" in rows[
+        "ae95:epochs=3"]
     assert read(t, v).status in ("under-trained", "over-fitted", "settled", "unsteady")
     assert "**cannot tell**: no validation loss" in rows["pca95"]
     assert np.isfinite(v).all()

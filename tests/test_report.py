@@ -132,6 +132,25 @@ def test_a_lossy_setting_that_gives_back_every_image_reaches_every_psnr_target()
     assert alone["curve"] == "x" and alone["bytes"] == 8.0 and alone["runner_up_curve"] == "e"
 
 
+@pytest.mark.parametrize("amortize", [None, 1000])
+def test_a_sweep_with_an_exact_top_answers_with_whichever_of_its_points_is_cheaper(amortize):
+    """m measures 100 B at 20 dB and 200 B at 30 dB, then an exact setting: at 25 dB its curve
+    costs about 141 B, so an exact setting at 150 B is dearer and one at 120 B cheaper; above
+    30 dB only the exact setting gets there. Side information (amortised) moves them alike."""
+    def run(exact_bytes):
+        rows = [("m:q=0", "m", False, False, 100.0, 20.0, 0.9, 50_000),
+                ("m:q=1", "m", False, False, 200.0, 30.0, 0.95, 50_000),
+                ("m:q=2", "m", False, False, exact_bytes, np.inf, 1.0, 50_000)]
+        v = analysis.verdict(summary(rows), [("psnr", 25.0), ("psnr", 35.0)], amortize)
+        return v.set_index("target")
+
+    dear, cheap = run(150.0), run(120.0)
+    assert dear.loc[25.0, "setting"] == "m:q=1" and dear.loc[25.0, "bytes"] < dear.loc[35.0, "bytes"]
+    assert cheap.loc[25.0, "setting"] == "m:q=2" and cheap.loc[35.0, "setting"] == "m:q=2"
+    side = 50.0 if amortize else 0.0
+    assert dear.loc[35.0, "setting"] == "m:q=2" and dear.loc[35.0, "bytes"] == pytest.approx(150.0 + side)
+
+
 def test_amortised_verdict_adds_side_information_per_image():
     rows = [(f"l{i}", "l", False, True, b / 4, q, 0.9, 4_000_000) for i, (b, q) in enumerate(TEST)]
     s = pd.concat([two_curves(), summary(rows)])
@@ -166,18 +185,19 @@ def test_breakeven_is_against_the_best_classical_codec_at_the_same_quality():
     assert np.isnan(b.loc["zlib", "breakeven_images"]) and b.loc["zlib", "breakeven_note"] == ""
 
 
-def test_breakeven_counts_exact_lossy_settings_and_compares_an_exact_lossy_codec_with_lossless_ones():
+def test_an_exact_lossy_codecs_payback_is_against_lossless_codecs_and_exact_settings():
     rows = [("ae-low", "ae", False, True, 40.0, 20.0, 0.8, 400_000),
             ("ae-exact", "ae", False, True, 100.0, np.inf, 1.0, 400_000),
             ("e:q=9", "e", False, False, 300.0, np.inf, 1.0, 0),
             ("zlib", "zlib", True, False, 250.0, np.inf, 1.0, 0)]
     b = analysis.breakeven(pd.concat([two_curves(), summary(rows)])).set_index("codec")
-    # An exact setting reaches 20 dB, below every sweep's measured range.
-    assert b.loc["ae-low", "breakeven_reference"] == "e:q=9 (300.0 B at 20.00 dB)"
-    assert b.loc["ae-low", "breakeven_images"] == np.ceil(400_000 / (300.0 - 40.0))
-    # Exact on every image: the same quality as zlib's (250 B), not a sweep's PSNR.
-    assert b.loc["ae-exact", "breakeven_reference"] == "zlib (250.0 B exactly (PSNR ∞))"
+    # Exact on every image: the quality of zlib (250 B) and of the exact setting (300 B).
+    assert b.loc["ae-exact", "breakeven_reference"] == "zlib (250.0 B at ∞ dB (exact))"
     assert b.loc["ae-exact", "breakeven_images"] == np.ceil(400_000 / (250.0 - 100.0))
+    without_zlib = analysis.breakeven(pd.concat([two_curves(), summary(rows[:3])])).set_index("codec")
+    assert without_zlib.loc["ae-exact", "breakeven_reference"] == "e:q=9 (300.0 B at ∞ dB (exact))"
+    # A lossy codec at 20 dB still compares with the lossy sweeps read at 20 dB, as before.
+    assert b.loc["ae-low", "breakeven_note"] == "no classical lossy curve in this run spans 20.00 dB"
     none = analysis.breakeven(pd.concat([two_curves(), summary(rows[1:2])])).set_index("codec")
     assert none.loc["ae-exact", "breakeven_note"] == ("no classical codec in this run gives back these "
                                                      "images exactly")
