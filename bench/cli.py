@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None,
                    help="output folder (default: a new folder under reports/)")
     r.add_argument("--overwrite", action="store_true",
-                   help="replace the --out folder of an earlier run (one with a meta.json)")
+                   help="replace the --out folder of an earlier run (one with meta.json and summary.csv)")
     r.add_argument("--rounds", type=int, default=5, help=f"timed rounds per measurement at most, "
                    f"at least {MIN_ROUNDS} (default 5; past {MIN_ROUNDS}, none starts after a "
                    "second of timed rounds)")

@@ -157,10 +157,9 @@ def _verdict(r: RunResult, a: Analysis) -> str:
         "(PCHIP on log bytes) and never extrapolated beyond them; a curve whose cheapest point "
         "already exceeds the target reaches it at that point's bytes; a lossless codec, or a lossy "
         "setting that gave back every image unchanged (∞ dB), reaches every target at its own size. "
-        "*Run it as* names the cheapest measured setting that "
-        "reaches the target, with its bytes and quality: the speed columns are that setting's, "
-        "measured on "
-        f"{r.meta['devices'][0]}. Curves are keyed by codec and its fixed parameters, so "
+        "*Run it as* names the cheapest measured setting that reaches the target, with its bytes "
+        f"and quality: the speed columns are that setting's, measured on {r.meta['devices'][0]}. "
+        "Curves are keyed by codec and its fixed parameters, so "
         "`jpeg:optimize=1` and `jpeg` compete separately. Also in `verdict.csv`.",
         "",
         f"### Per file: payload bytes only ({_wins(a.verdict)})",

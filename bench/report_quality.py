@@ -101,7 +101,8 @@ def lossless(r: RunResult) -> str:
     return "\n".join([*lines, "", table(df)])
 
 def per_class(r: RunResult, pc: pd.DataFrame, figures: dict[str, Path]) -> str:
-    absent = [c for c in r.meta["classes"] if c not in set(pc["class"])]
+    present = set(pc["class"])
+    absent = [c for c in r.meta["classes"] if c not in present] if present else []
     parts = ["## Quality per class", "",
              "Per codec and class (the test images' labels). In each table **bold** marks the best "
              "class and _italic_ the worst by that table's metric (lowest MSE, highest PSNR or SSIM)."

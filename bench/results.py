@@ -125,9 +125,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise BenchError(f"--out {out} exists and is not empty; choose a new folder or pass "
                              "--overwrite to replace it")
-        if not (out / "meta.json").is_file():
-            raise BenchError(f"--out {out} is not an earlier run's folder (it has no meta.json), and "
-                             "--overwrite replaces only those; choose a new folder")
+        if not is_run_dir(out):
+            raise BenchError(f"--out {out} is not an earlier run's folder (no meta.json and summary.csv), "
+                             "and --overwrite replaces only those; choose a new folder")
     parent = out.parent if out.parent != Path("") else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK):
@@ -163,9 +163,13 @@ def save(result: RunResult, out: Path, render=None, overwrite: bool = False) -> 
     return out
 
 
+def is_run_dir(path: Path) -> bool:
+    return (path / "meta.json").is_file() and (path / "summary.csv").is_file()
+
+
 def load(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
-    if not (run_dir / "meta.json").is_file() or not (run_dir / "summary.csv").is_file():
+    if not is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a bench run folder (no meta.json and summary.csv)")
     try:
         meta = json.loads((run_dir / "meta.json").read_text())

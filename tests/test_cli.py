@@ -170,6 +170,7 @@ def test_overwrite_replaces_an_earlier_run_but_not_a_file_or_a_folder_of_ones_ow
     mine, note = tmp_path / "mine", tmp_path / "note.txt"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
+    (mine / "meta.json").write_text("{}")  # common in data folders: not enough to be a run
     note.write_text("mine")
     for out, message in ((mine, "is not an earlier run's folder"), (note, "is a file")):
         proc = bench("run", "--codecs", "png", "--dataset", "mnist-5k", "--out", str(out), "--overwrite")
