@@ -133,4 +133,5 @@ def test_a_damaged_checkpoint_is_named_retrained_and_gives_the_same_psnr(spec, m
     flip_inside_a_tensor(checkpoint)
     messages = []
     assert measure(messages) == first
-    assert len(messages) == 1 and str(checkpoint) in messages[0] and "digest" in messages[0], messages
+    named = [m for m in messages if str(checkpoint) in m]  # beside any notice of the retraining
+    assert len(named) == 1 and "digest" in named[0], messages
