@@ -216,10 +216,11 @@ def breakeven(summary: pd.DataFrame) -> pd.DataFrame:
     classical = summary[~summary["learned"]]
     curves = lossy_curves(classical)
     lossy_fronts = {c: front(g) for c, g in curves.items()}
-    lossless_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
-                     for _, c in classical[classical["lossless"]].iterrows()]
-    exact_refs = [(c["codec"], c["bytes_mean"], c["side_info_bytes"])
-                  for g in curves.values() for _, c in exact(g).head(1).iterrows()]
+    def refs(points: pd.DataFrame) -> list[tuple]:
+        return [(c["codec"], c["bytes_mean"], c["side_info_bytes"]) for _, c in points.iterrows()]
+
+    lossless_refs = refs(classical[classical["lossless"]])
+    exact_refs = [ref for g in curves.values() for ref in refs(exact(g).head(1))]
     rows = []
     for _, r in summary.iterrows():
         out = {"codec": r["codec"], "breakeven_images": np.nan, "breakeven_reference": "",

@@ -360,9 +360,10 @@ def load_dataset(name: str | None, data_dir: Path | None = None, seed: int = 0) 
         return load_torchvision("fashion-mnist", "FashionMNIST", data_dir, FASHION_CLASSES,
                                 extra_folders=[DEBIAN_FASHION_MNIST])
     if name.startswith("folder:"):
-        if not name[len("folder:"):].strip():
+        path = name[len("folder:"):]
+        if not path.strip():
             raise DatasetError("folder: needs the folder's path after the colon, e.g. folder:~/my-images")
-        return load_folder(Path(name[len("folder:"):]).expanduser(), seed)
+        return load_folder(Path(path).expanduser(), seed)
     import difflib
 
     close = difflib.get_close_matches(name, DATASETS, n=1)

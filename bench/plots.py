@@ -116,8 +116,9 @@ def draw_compression(fam: pd.DataFrame, path: Path) -> None:
     a.set_ylabel("MSE (pixels in [0, 1])")
     a.set_title("Compression vs error (published definition)")
     b.set_title("Compression vs error (real bytes)")
+    log = bool((fam["mse"] > 0).any())  # a log scale needs a positive value
     for ax in (a, b):
-        if (fam["mse"] > 0).any():  # a log scale needs a positive value
+        if log:
             ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -74,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. --pair factorized factorized:epochs=72; repeatable")
     args = p.parse_args(argv)
     old, new = summary(args.old), summary(args.new)
-    shared = [c for c in dict.fromkeys(new["curve"]) if c in set(old["curve"])]
+    old_curves, new_curves = set(old["curve"]), set(new["curve"])
+    shared = [c for c in dict.fromkeys(new["curve"]) if c in old_curves]
     wanted = [(c, c) for c in args.curves.split(",") if c] + [tuple(pair) for pair in args.pair]
     wanted = wanted or [(c, c) for c in shared]
-    missing = [f"{a} (old run)" for a, _ in wanted if a not in set(old["curve"])]
-    missing += [f"{b} (new run)" for _, b in wanted if b not in set(new["curve"])]
+    missing = [f"{a} (old run)" for a, _ in wanted if a not in old_curves]
+    missing += [f"{b} (new run)" for _, b in wanted if b not in new_curves]
     if missing:
         print(f"compare_runs: not in both runs: {', '.join(missing)} (shared: {', '.join(shared)})",
               file=sys.stderr)
