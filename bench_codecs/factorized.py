@@ -10,8 +10,8 @@ quality and size, so that a damaged or foreign stream is seldom read as an image
 the latents (bench_codecs.factorized_coder: two flags, the symbols, escaped values), then the 4-bit
 check symbol of the model and quality (each quality its own). Latents are coded under the
 integer tables in the checkpoint, never under a float network output, so the decoder rebuilds the
-encoder's probabilities bit for bit: quality q's table per latent at the trained size, its table
-per channel at every other size.
+encoder's probabilities bit for bit: quality q's table per latent at a trained size of up to 32x32
+(factorized_model.ARCH), its table per channel at every other size.
 
 **Identical pixels whatever the batch.** Float convolutions on the CPU can give different low
 bits for different batch sizes (another kernel blocking). Analysis and synthesis therefore
@@ -108,7 +108,8 @@ class FactorizedCodec(LearnedCodec):
         super().prepare(data)
         model = self.require_model()
         for q in range(model.qualities):  # raises for unusable tables: the model is retrained
-            model.tables(q).check(TABLES["search"])
+            if model.per_latent:
+                model.tables(q).check(TABLES["search"])
             model.channel_tables(q, 1).check(TABLES["search"])
         self.analysis, self.synthesis = inference_forms(model, self.q)
         # Bound to what the decoders of all qualities receive; each quality its own tag.
@@ -118,15 +119,15 @@ class FactorizedCodec(LearnedCodec):
         self.coders, self.buffers = {}, {}
 
     def coder(self, shape: tuple[int, int]) -> LatentCoder:
-        """The coder of images of `shape`: quality q's per-latent tables at the trained size, its
-        per-channel tables at any other; built once per size."""
+        """The coder of images of `shape`: quality q's per-latent tables at the trained size (if
+        the model has them), its per-channel tables at any other; built once per size."""
         shape = tuple(int(s) for s in shape)
         if shape not in self.coders:
             if len(self.coders) >= MAX_CODERS:
                 self.coders.clear()
             model = self.require_model()
             c, positions = model.latent_shape[0], -(-shape[0] // 4) * -(-shape[1] // 4)
-            if shape == model.shape:
+            if shape == model.shape and model.per_latent:
                 tables, kinds = model.tables(self.q), np.arange(model.rows)
             else:
                 tables, kinds = model.channel_tables(self.q, 1), np.repeat(np.arange(c), positions)

@@ -11,7 +11,7 @@ CVPR 2021): per-quality vectors on the latent channels, trained jointly.
     gain       y * gain[q] (16 values per quality)
     quantise   round(y): integers, the symbols (training: y + uniform noise)
     density    per quality, one univariate non-parametric density per latent of the trained size
-               (channel and position)
+               (channel and position) up to 32x32 images, one per channel above
     synthesis  q * inverse_gain[q] -> conv 3x3 (64) -> ReLU -> conv 1x1 (16), + a linear path
                conv 3x3 (16); summed, 4x4 depth-to-space; clamped to [0, 1], rounded to 8 bits
 
@@ -24,7 +24,7 @@ which the top qualities need (trained from a random start, one model for all eig
 Training minimises bits per pixel + λ_q * 255² * MSE (pixels in [0, 1]) with one quality drawn per
 batch (RECIPE). At its end, `build_tables` tabulates each quality's code once, in float64, into
 integer frequencies stored in the model's buffers (so in the checkpoint): per latent of the
-trained size, and per channel for every other size. The codec codes with these integers only.
+trained size (where the densities are), and per channel for every size. The codec codes with these integers only.
 """
 
 from __future__ import annotations
@@ -43,14 +43,19 @@ from bench.learned import History, host_tensor, train_loop
 # Widths 24 and 64: the 8-point curve's BD-rate against the per-λ models was -2.5 %, with 32 and
 # 128 -5.5 % for 1.5x the synthesis time; 12 latent channels (an incomplete basis of the 4x4
 # patches) stopped the top quality at 36.7 dB.
+# A density (and a table) per latent while the trained size has at most `per_latent_positions`
+# latent positions (up to 32x32 images: digits' strokes keep to their places); one per channel,
+# shared by every position, above it, where per-latent parameters and tables grow with the image
+# (a model trained on 512x512 images had 110 MB of tables a quality and took 15 GB to train).
 ARCH = {"version": 2, "hidden": 24, "synthesis_hidden": 64, "latent": 16, "density_filters": (3, 3, 3),
-        "pca_scale": 8.0}
+        "pca_scale": 8.0, "per_latent_positions": 64}
 # Batch 32, 36 epochs (about a minute on one core): at equal time batch 16 was 0.6 % worse in
 # BD-rate; a learning rate of 8e-3 9 % worse than 5e-3; qualities drawn uniformly (favouring the
 # low ones cost 1.4-4 % and capped the top at 39.4 dB). One thread: at these sizes a second one is
 # no faster and much slower on a busy machine; it also makes the weights independent of the caller's.
 RECIPE = {"version": 2, "batch": 32, "epochs": 36, "lr": 5e-3, "warmup": 0.03, "schedule": "cosine",
-          "clip": 1.0, "prior_lr_factor": 10.0, "gain_ref": 0.01, "threads": 1, "validation_images": 64}
+          "clip": 1.0, "prior_lr_factor": 10.0, "gain_ref": 0.01, "threads": 1, "validation_images": 64,
+          "crop": 64}
 # Tables: each latent's histogram on the training split plus `smoothing` images' worth of the
 # learned density (2.5-5.5 % fewer bytes than the density alone, on the test split), cut where the
 # tail mass is below `tail_mass`, frequencies summing to about 2**precision.
@@ -120,6 +125,8 @@ class FactorizedPrior(nn.Module):
         self.shape = tuple(int(s) for s in shape)
         self.latent_shape = (c, -(-self.shape[0] // 4), -(-self.shape[1] // 4))
         self.rows = int(np.prod(self.latent_shape))
+        self.positions = self.rows // c
+        self.per_latent = self.positions <= ARCH["per_latent_positions"]
         self.qualities = len(lambdas)
         self.a1, self.a2 = nn.Conv2d(1, n, 5, 2, 2), nn.Conv2d(n, c, 3, 2, 1)
         self.analysis_linear = nn.Conv2d(16, c, 3, 1, 1)  # on the 4x4 space-to-depth image
@@ -136,10 +143,11 @@ class FactorizedPrior(nn.Module):
         self.log_branch_gain = nn.Parameter(torch.zeros(self.qualities, c))
         self.log_hidden_gain = nn.Parameter(torch.zeros(self.qualities, ns))
         self.hidden_bias = nn.Parameter(torch.zeros(self.qualities, ns))
-        self.density = Density(self.qualities, self.rows, ARCH["density_filters"])
+        self.density = Density(self.qualities, self.rows if self.per_latent else c, ARCH["density_filters"])
         # The integer tables (bench.entropy.Tables), filled by build_tables: per quality, one row
-        # per latent of the trained size (channel-major), and one per channel for other sizes.
-        for name, rows in (("table", self.rows), ("channel", c)):
+        # per latent of the trained size (channel-major; none without per-latent densities), and
+        # one per channel for other sizes.
+        for name, rows in (("table", self.rows if self.per_latent else 0), ("channel", c)):
             self.register_buffer(f"{name}_lo", torch.zeros(self.qualities, rows, dtype=torch.int32))
             self.register_buffer(f"{name}_size", torch.zeros(self.qualities, rows, dtype=torch.int32))
             self.register_buffer(f"{name}_freq", torch.zeros(self.qualities, rows, 0, dtype=torch.int32))
@@ -157,10 +165,15 @@ class FactorizedPrior(nn.Module):
         hidden = hidden * torch.exp(self.log_hidden_gain[q])[:, None, None]
         return F.pixel_shuffle(self.s2(hidden) + self.synthesis_linear(z), 4)
 
+    def density_samples(self, v: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, H', W') as the densities' samples: (N, rows) per latent (trained size),
+        else (N * H' * W', C)."""
+        return v.reshape(len(v), self.rows) if self.per_latent else v.permute(0, 2, 3, 1).reshape(-1, len(v[0]))
+
     def bits(self, v: torch.Tensor, q: int) -> torch.Tensor:
-        """-log2 of quality q's density mass of each image's latents (trained size), (N,)."""
-        likelihood = self.density.likelihood(v.reshape(len(v), self.rows), q)
-        return -torch.log(likelihood.clamp_min(1e-9)).sum(1) / math.log(2)
+        """-log2 of quality q's density mass of each image's latents, (N,)."""
+        likelihood = self.density.likelihood(self.density_samples(v), q)
+        return -torch.log(likelihood.clamp_min(1e-9)).reshape(len(v), -1).sum(1) / math.log(2)
 
     def tables(self, q: int) -> Tables:
         """Quality q's tables for the trained size: one row per latent."""
@@ -211,7 +224,13 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
 
     x, xv = tensor(images), tensor(validation[: RECIPE["validation_images"]])
     pca_init(model, x)
-    steps = max(len(x) // RECIPE["batch"], 1)
+    # Per-channel densities fit any size, so such a model trains on random crops: large images
+    # then give many small steps instead of a few huge ones, for as many pixels an epoch.
+    crop = tuple(min(RECIPE["crop"], side) for side in x.shape[2:])
+    cropping = not model.per_latent and crop != tuple(x.shape[2:])
+    per_image = math.ceil(x.shape[2] / crop[0]) * math.ceil(x.shape[3] / crop[1]) if cropping else 1
+    crop_gen = torch.Generator().manual_seed(seed + 2)
+    steps = max(len(x) * per_image // RECIPE["batch"], 1)
     total, lr = steps * epochs, RECIPE["lr"]
     warm = max(1, int(RECIPE["warmup"] * total))
     prior = list(model.density.parameters())
@@ -229,22 +248,36 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
     factors = (1.0, RECIPE["prior_lr_factor"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s, f=f: lr_at(s) * f for f in factors])
 
-    def rd_loss(xb: torch.Tensor, v: torch.Tensor, q: int) -> torch.Tensor:
-        mse = ((model.synthesis(v, q)[..., :h, :w] - xb[..., :h, :w]) ** 2).mean()
-        return model.bits(v, q).mean() / (h * w) + lambdas[q] * 255**2 * mse
+    def rd_loss(xb: torch.Tensor, v: torch.Tensor, q: int, extent: tuple[int, int]) -> torch.Tensor:
+        eh, ew = extent  # the images' own pixels, without the padding
+        mse = ((model.synthesis(v, q)[..., :eh, :ew] - xb[..., :eh, :ew]) ** 2).mean()
+        return model.bits(v, q).mean() / (eh * ew) + lambdas[q] * 255**2 * mse
+
+    def crops(idx: torch.Tensor) -> torch.Tensor:
+        top = torch.randint(x.shape[2] - crop[0] + 1, (len(idx),), generator=crop_gen).tolist()
+        left = torch.randint(x.shape[3] - crop[1] + 1, (len(idx),), generator=crop_gen).tolist()
+        return torch.stack([x[i, :, t : t + crop[0], u : u + crop[1]]
+                            for i, t, u in zip((idx // per_image).tolist(), top, left)])
 
     def loss(idx: torch.Tensor) -> torch.Tensor:
         q = int(torch.randint(model.qualities, (1,), generator=quality_gen))
-        xb = x[idx]
+        xb = crops(idx) if cropping else x[idx]
         y = model.analysis(xb, q)
         noise = torch.empty(y.shape, device=device).uniform_(-0.5, 0.5, generator=noise_gen)
-        return rd_loss(xb, y + noise, q)
+        return rd_loss(xb, y + noise, q, crop if cropping else (h, w))
+
+    # Validation images in parts of at most as many pixels as the recipe's count of 32x32 images.
+    part = max(1, RECIPE["validation_images"] * 32 * 32 // (xv.shape[2] * xv.shape[3]))
 
     def validate() -> float:
-        return sum(float(rd_loss(xv, torch.round(model.analysis(xv, q)), q))
-                   for q in range(model.qualities)) / model.qualities
+        total = 0.0
+        for s in range(0, len(xv), part):
+            xp = xv[s : s + part]
+            total += sum(float(rd_loss(xp, torch.round(model.analysis(xp, q)), q, (h, w)))
+                         for q in range(model.qualities)) * len(xp)
+        return total / (len(xv) * model.qualities)
 
-    history = train_loop(model, loss=loss, items=len(x), batch=RECIPE["batch"], epochs=epochs,
+    history = train_loop(model, loss=loss, items=len(x) * per_image, batch=RECIPE["batch"], epochs=epochs,
                          seed=seed, optimizer=opt, scheduler=sched, clip=RECIPE["clip"],
                          drop_last=True, validate=validate if len(xv) else None,
                          desc=f"train factorized ({model.qualities} qualities)", progress=progress)
@@ -254,29 +287,36 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
 
 @torch.no_grad()
 def build_tables(model: FactorizedPrior, x: torch.Tensor | None = None) -> None:
-    """Each quality's tables, once, in float64: per latent, its histogram over the padded
-    training images `x` (None: no histogram) plus TABLES["smoothing"] images' worth of its density
-    on the integers -search .. search; per channel, the mixture of its latents' over positions.
-    Stored in the model's table buffers as integers (bench.entropy.Tables)."""
-    search, k = TABLES["search"], TABLES["smoothing"]
+    """Each quality's tables, once, in float64: per density (a latent, or a channel), its
+    histogram over the padded training images `x` (None: no histogram) plus TABLES["smoothing"]
+    images' worth of the density on the integers -search .. search; per channel, the mixture of
+    its latents' over positions (or its density's). Stored in the model's table buffers as
+    integers (bench.entropy.Tables)."""
+    search, c = TABLES["search"], model.latent_shape[0]
+    k = TABLES["smoothing"] * (1 if model.per_latent else model.positions)
     density = copy.deepcopy(model.density).cpu().double()
     edges = torch.arange(-search, search + 2, dtype=torch.float64) - 0.5
-    grid = edges[None].repeat(model.rows, 1)
-    c, positions = model.latent_shape[0], model.rows // model.latent_shape[0]
+    grid = edges[None].repeat(model.rows if model.per_latent else c, 1)
+    chunk = max(1, 1024 * 28 * 28 // (x.shape[2] * x.shape[3])) if x is not None else 0  # bounds memory
     out = {name: [] for name in ("table", "channel")}
     for q in range(model.qualities):
         pmf = torch.diff(torch.sigmoid(density.logits_cdf(grid, q)), dim=1).clamp_min(0)
         pmf = pmf / pmf.sum(1, keepdim=True)
         counts = torch.zeros_like(pmf)
         if x is not None:
-            for s in range(0, len(x), 1024):
-                v = torch.round(model.analysis(x[s : s + 1024], q)).reshape(-1, model.rows).cpu()
+            for s in range(0, len(x), chunk):
+                v = model.density_samples(torch.round(model.analysis(x[s : s + chunk], q))).cpu()
                 inside = v.abs() <= search
                 idx = (v.clamp(-search, search) + search).long().T
                 counts.scatter_add_(1, idx, inside.T.double())
         n = counts.sum(1, keepdim=True)
         pmf = (counts + k * pmf) / (n + k)
-        for name, p in (("table", pmf), ("channel", pmf.reshape(c, positions, -1).mean(1))):
+        if model.per_latent:
+            parts = (("table", pmf), ("channel", pmf.reshape(c, model.positions, -1).mean(1)))
+        else:
+            parts = (("channel", pmf),)
+            out["table"].append(Tables(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)))
+        for name, p in parts:
             cdf = torch.cat([torch.zeros(len(p), 1, dtype=p.dtype), p.cumsum(1)], 1).clamp(max=1)
             out[name].append(Tables.from_cdf(cdf.numpy(), -search, TABLES["tail_mass"], TABLES["precision"]))
     device = model.table_lo.device

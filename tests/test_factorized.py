@@ -213,6 +213,56 @@ def test_any_size_round_trips_with_a_model_trained_on_28x28(shape, tiny, digits)
     assert np.array_equal(np.concatenate([tiny.decode([payloads[i]]) for i in range(3)]), decoded[:3])
 
 
+@pytest.fixture(scope="module")
+def wide(mnist5k, cache):
+    """One epoch on 120 digits tiled to 96x96: a model above 32x32, one density per channel."""
+    return FactorizedCodec(quality=6, epochs=1).fit(training(resized(mnist5k.train.images[:120], (96, 96)), cache))
+
+
+def test_above_32x32_the_densities_and_tables_are_per_channel_whatever_the_size():
+    c = factorized_model.ARCH["latent"]
+    sizes = {}
+    for shape in ((28, 28), (32, 32), (36, 36), (96, 96), (1024, 1024)):
+        model = factorized_model.FactorizedPrior(shape, tuple(FACTORIZED_LAMBDAS.values()))
+        sizes[shape] = sum(p.numel() for p in model.parameters()), model.table_lo.shape[1]
+        assert model.per_latent == (shape[0] <= 32)
+        assert model.density.matrices[0].shape[1] == (model.rows if model.per_latent else c)
+    assert sizes[36, 36] == sizes[96, 96] == sizes[1024, 1024] and sizes[36, 36][1] == 0
+    assert sizes[28, 28][1] == c * 49 and sizes[32, 32][1] == c * 64
+
+
+def test_a_model_above_32x32_trains_on_64x64_crops_and_codes_every_size(wide, mnist5k, cache, monkeypatch):
+    m, c = wide.model, factorized_model.ARCH["latent"]
+    assert not m.per_latent and m.table_freq.shape[1] == 0 and m.channel_freq.shape[1] == c
+    ns = factorized_model.ARCH["synthesis_hidden"]
+    weights = (c * ns * 9 + ns) + (ns * 16 + 16) + (c * 16 * 9 + 16)
+    assert wide.side_info_bytes == 4 * weights + 4 * c + 2 * int(m.channel_size[wide.q].sum())
+    images_96 = resized(mnist5k.test.images[:20], (96, 96))
+    payloads_96 = wide.encode(images_96)
+    for shape in ((96, 96), (28, 28), (100, 60)):
+        images = resized(mnist5k.test.images[:20], shape)
+        payloads = wide.encode(images)
+        q, declared = wide.decode_latents(payloads)
+        assert declared == shape and np.array_equal(q, wide.latents(images))
+        assert wide.decode(payloads).shape == images.shape
+    # The trained size too is coded under the per-channel tables the model's code lengths use.
+    assert 0 < payloads_96.sizes.mean() - wide.model_bits(images_96).mean() / 8 < 3
+    batches = []
+    analysis = factorized_model.FactorizedPrior.analysis
+
+    def record(self, x, q):
+        batches.append(tuple(x.shape))
+        return analysis(self, x, q)
+
+    monkeypatch.setattr(factorized_model.FactorizedPrior, "analysis", record)
+    data = training(resized(mnist5k.train.images[:40], (128, 100)), cache)
+    FactorizedCodec(quality=6, epochs=2, seed=5).fit(data)
+    # 40 training images of 2 x 2 crops' worth each: 160 crops, 5 steps of 32 an epoch
+    crops = [b for b in batches if b[2:] == (64, 64)]
+    assert len(crops) == 2 * (len(data.train) * 2 * 2 // 32) == 10 and all(b[0] == 32 for b in crops)
+    assert all(b[2:] in ((64, 64), (128, 100)) for b in batches)
+
+
 def test_a_batch_holds_one_size(tiny, digits):
     small, big = tiny.encode(digits[:2]), tiny.encode(resized(digits[:2], (32, 32)))
     with pytest.raises(PayloadError, match="payload 1 declares another image size than payload 0"):
