@@ -24,7 +24,8 @@ which the top qualities need (trained from a random start, one model for all eig
 Training minimises bits per pixel + λ_q * 255² * MSE (pixels in [0, 1]) with one quality drawn per
 batch (RECIPE). At its end, `build_tables` tabulates each quality's code once, in float64, into
 integer frequencies stored in the model's buffers (so in the checkpoint): per latent of the
-trained size (where the densities are), and per channel for every size. The codec codes with these integers only.
+trained size (where the densities are), and per channel for every size. The codec codes with
+these integers only.
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ class FactorizedPrior(nn.Module):
     def density_samples(self, v: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, H', W') as the densities' samples: (N, rows) per latent (trained size),
         else (N * H' * W', C)."""
-        return v.reshape(len(v), self.rows) if self.per_latent else v.permute(0, 2, 3, 1).reshape(-1, len(v[0]))
+        if self.per_latent:
+            return v.reshape(len(v), self.rows)
+        return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
 
     def bits(self, v: torch.Tensor, q: int) -> torch.Tensor:
         """-log2 of quality q's density mass of each image's latents, (N,)."""
@@ -272,12 +275,12 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
     part = max(1, RECIPE["validation_images"] * 32 * 32 // (xv.shape[2] * xv.shape[3]))
 
     def validate() -> float:
-        total = 0.0
+        summed = 0.0
         for s in range(0, len(xv), part):
             xp = xv[s : s + part]
-            total += sum(float(rd_loss(xp, torch.round(model.analysis(xp, q)), q, (h, w)))
-                         for q in range(model.qualities)) * len(xp)
-        return total / (len(xv) * model.qualities)
+            summed += sum(float(rd_loss(xp, torch.round(model.analysis(xp, q)), q, (h, w)))
+                          for q in range(model.qualities)) * len(xp)
+        return summed / (len(xv) * model.qualities)
 
     history = train_loop(model, loss=loss, items=len(x) * per_image, batch=RECIPE["batch"], epochs=epochs,
                          seed=seed, optimizer=opt, scheduler=sched, clip=RECIPE["clip"],
@@ -317,7 +320,8 @@ def build_tables(model: FactorizedPrior, x: torch.Tensor | None = None) -> None:
             parts = (("table", pmf), ("channel", pmf.reshape(c, model.positions, -1).mean(1)))
         else:
             parts = (("channel", pmf),)
-            out["table"].append(Tables(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)))
+            none = np.zeros(0, np.int64)
+            out["table"].append(Tables(none, none, none.reshape(0, 0)))
         for name, p in parts:
             cdf = torch.cat([torch.zeros(len(p), 1, dtype=p.dtype), p.cumsum(1)], 1).clamp(max=1)
             out[name].append(Tables.from_cdf(cdf.numpy(), -search, TABLES["tail_mass"], TABLES["precision"]))

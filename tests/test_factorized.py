@@ -216,7 +216,8 @@ def test_any_size_round_trips_with_a_model_trained_on_28x28(shape, tiny, digits)
 @pytest.fixture(scope="module")
 def wide(mnist5k, cache):
     """One epoch on 120 digits tiled to 96x96: a model above 32x32, one density per channel."""
-    return FactorizedCodec(quality=6, epochs=1).fit(training(resized(mnist5k.train.images[:120], (96, 96)), cache))
+    images = resized(mnist5k.train.images[:120], (96, 96))
+    return FactorizedCodec(quality=6, epochs=1).fit(training(images, cache))
 
 
 def test_above_32x32_the_densities_and_tables_are_per_channel_whatever_the_size():
