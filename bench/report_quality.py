@@ -55,7 +55,7 @@ def ae_vs_pca(r: RunResult) -> str:
         if pca not in s.index:
             continue
         a, p = s.loc[ae], s.loc[pca]
-        rows.append({"level": f"{level} %", "latent bytes": num(a["latent"], "{:.0f}"),
+        rows.append({"level": f"{level} %", "latent bytes": num(a["content_bytes"], "{:.0f}"),
                      "AE PSNR dB": num(a["psnr_db"]), "PCA PSNR dB": num(p["psnr_db"]),
                      # Both exact (∞ dB) is no difference, not ∞ - ∞.
                      "AE - PCA dB": num(0.0 if a["psnr_db"] == p["psnr_db"] else a["psnr_db"] - p["psnr_db"],

@@ -242,7 +242,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
         if job.role == "main":
             for device in devices_for(job.spec, devices):
                 speed += time_on(job.spec, device)
-    summary = summarize(rows, per_image, pd.DataFrame(speed), dataset.shape, devices[0])
+    summary = summarize(rows, per_image, pd.DataFrame(speed), devices[0])
     # The verdict names settings (often sweep points) whose speed it quotes: time those too.
     by_name = {j.spec.canonical: j.spec for j, _ in ok}
     already = {r["codec"] for r in speed}
@@ -251,7 +251,7 @@ def run(specs: list[Spec], dataset: Dataset, devices: list[str], *, sweeps: list
             speed += time_on(by_name[name], devices_for(by_name[name], devices)[0])
     fitted.clear()
     throughput = pd.DataFrame(speed)
-    summary = summarize(rows, per_image, throughput, dataset.shape, devices[0])
+    summary = summarize(rows, per_image, throughput, devices[0])
     phases["throughput"] = time.perf_counter() - start - phases["jobs"]
     tsne, tsne_note = _tsne(test.images, test.labels, decoded_for_tsne, cache_dir, log)
     meta = {"dataset": dataset.name, "dataset_source": dataset.source, "dataset_why": dataset.why,

@@ -43,9 +43,8 @@ def codec_row(spec: Spec, codec: Codec, role: str, frame: pd.DataFrame,
 
 
 def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.DataFrame,
-              shape: tuple[int, int], device: str) -> pd.DataFrame:
-    """One row per codec; its throughput columns are those measured on `device`. `shape`: the
-    size learned codecs were trained on (a latent's dimension ratio is to its pixels)."""
+              device: str) -> pd.DataFrame:
+    """One row per codec; its throughput columns are those measured on `device`."""
     from bench.analysis import breakeven
 
     stats = metrics.aggregate(per_image, ["codec"])
@@ -53,7 +52,10 @@ def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.Data
     out = codecs.merge(stats, on="codec")
     out["content_bytes"] = out["bytes_mean"] - out["header_bytes"]
     out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / out["codec"].map(pixels))
-    out["dimension_compression_pct"] = 100.0 * (1.0 - out["latent"] / (shape[0] * shape[1]))
+    # One byte per latent value: an image's latent values are its content bytes (one canvas of
+    # `latent` values at the training size up to 64x64, several on larger images).
+    latent_values = out["content_bytes"].where(out["latent"].notna())
+    out["dimension_compression_pct"] = 100.0 * (1.0 - latent_values / out["codec"].map(pixels))
     columns = {"median_img_s": "img_s", "median_mpx_s": "mpx_s"}
     if len(throughput):
         on = throughput[throughput["device"] == device]

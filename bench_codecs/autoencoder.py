@@ -1,5 +1,6 @@
-"""The published experiment's conv autoencoder as a codec: one byte per latent value; images of
-another size than the training size are coded in tiles (bench_codecs.tiles).
+"""The published experiment's conv autoencoder as a codec: one byte per latent value, on a canvas
+of the training size up to 64x64 and of 32-pixel tiles of larger images; other sizes are coded in
+tiles of it (bench_codecs.tiles).
 
 Encoder: two stride-2 convolutions and a linear layer, beside a linear path from the pixels,
 to `latent` values clamped to [0, 1]; each value is sent as round(255 * z), one byte. Decoder:
@@ -184,7 +185,7 @@ class AutoencoderCodec(LearnedCodec):
         return f"ae{self.latent}"
 
     def build_model(self, shape) -> Autoencoder:
-        return Autoencoder(self.latent, tiles.canvas(shape, 4), RECIPE["width"])
+        return Autoencoder(self.latent, tiles.canvas(tiles.tile_for(shape), 4), RECIPE["width"])
 
     def train_model(self, model: Autoencoder, data: TrainingData) -> History:
         train_images, validation = (tiles.split(a, model.shape) for a in (data.train, data.validation))
@@ -197,7 +198,7 @@ class AutoencoderCodec(LearnedCodec):
 
     def prepare(self, data: TrainingData) -> None:
         self.model = self.require_model().for_inference()
-        self.trained = data.train.shape[1:]  # one canvas, no size header
+        self.trained = data.train.shape[1:]  # its canvases, no size header
         super().prepare(data)
 
     def header_bytes(self, shape: tuple[int, int]) -> int:

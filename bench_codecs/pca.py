@@ -30,22 +30,17 @@ class PCABasis:
         return 2 * SPAN * self.std
 
 
-# Up to 64x64 the basis comes from the pixel covariance (128 MiB at that size); above, from an SVD
-# of the training images, whose cost grows with their number, not with pixels squared.
-COVARIANCE_MAX_PIXELS = 64 * 64
 _EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a family
 
 
 def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean and the eigen-decomposition of the pixel covariance: tiles of at most 64x64
+    (bench_codecs.tiles), so at most 128 MiB."""
     key = hashlib.sha256(images.tobytes()).hexdigest() + str(images.shape)
     if key not in _EIGEN_CACHE:
         x = images.reshape(len(images), -1).astype(np.float64) / 255.0
         mean = x.mean(axis=0)
-        if x.shape[1] <= max(len(x), COVARIANCE_MAX_PIXELS):
-            eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-        else:  # large images, fewer of them than pixels: the pixel covariance would not fit
-            _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-            eigval, eigvec = s**2 / max(len(x) - 1, 1), vt.T
+        eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
         _EIGEN_CACHE.clear()
         _EIGEN_CACHE[key] = (mean, eigval, eigvec)
     return _EIGEN_CACHE[key]
@@ -54,10 +49,8 @@ def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def fit_pca(images: np.ndarray, k: int) -> PCABasis:
     images = np.ascontiguousarray(images)
     if k > images.shape[1] * images.shape[2]:
-        raise CodecError(f"PCA with {k} components needs images of at least {k} pixels")
-    if k > len(images) and images.shape[1] * images.shape[2] > COVARIANCE_MAX_PIXELS:
-        raise CodecError(f"PCA with {k} components needs at least {k} training images of "
-                         f"{images.shape[1]}x{images.shape[2]}, got {len(images)}")
+        raise CodecError(f"{k} latent values need images of at least {k} pixels; these are "
+                         f"{images.shape[1]}x{images.shape[2]}")
     mean, eigval, eigvec = _eigen(images)
     order = np.argsort(eigval)[::-1][:k]
     std = np.sqrt(np.maximum(eigval[order], 1e-12))
@@ -72,13 +65,15 @@ class PCACodec(Codec):
         self.name = f"pca(latent={latent})"
         self.latent = latent
         self.basis: PCABasis | None = None
-        self.shape: tuple[int, int] | None = None
+        self.shape: tuple[int, int] | None = None  # the training size
+        self.tile: tuple[int, int] | None = None  # the size the basis sees (bench_codecs.tiles)
         self.library = f"numpy {np.__version__}"
 
     def fit(self, data: TrainingData) -> PCACodec:
         images = check_images(data.train)
-        self.basis, self.shape = fit_pca(images, self.latent), images.shape[1:]
-        return self  # other sizes are coded in tiles of this one (bench_codecs.tiles)
+        self.shape, self.tile = images.shape[1:], tiles.tile_for(images.shape[1:])
+        self.basis = fit_pca(tiles.split(images, self.tile), self.latent)
+        return self  # every size is coded in tiles of self.tile (bench_codecs.tiles)
 
     @property
     def side_info_bytes(self) -> int:
@@ -96,16 +91,16 @@ class PCACodec(Codec):
     def encode(self, images: np.ndarray) -> Payloads:
         b = self._require()
         images = check_images(images, codec=self.name)
-        canvases = tiles.split(images, self.shape)
+        canvases = tiles.split(images, self.tile)
         x = canvases.reshape(len(canvases), -1).astype(np.float32) * np.float32(1 / 255)
         c = (x - b.mean) @ b.components.T
         u = np.rint((c / b.scale + 0.5) * 255)
-        return tiles.pack(np.clip(u, 0, 255).astype(np.uint8), images.shape[1:], self.shape, self.shape)
+        return tiles.pack(np.clip(u, 0, 255).astype(np.uint8), images.shape[1:], self.shape, self.tile)
 
     def decode(self, payloads: Payloads | Sequence[bytes]) -> np.ndarray:
         b = self._require()
-        rows, shape = tiles.unpack(payloads, self.latent, self.shape, self.shape, self.name)
+        rows, shape = tiles.unpack(payloads, self.latent, self.shape, self.tile, self.name)
         u = rows.astype(np.float32) * np.float32(1 / 255)
         x = ((u - 0.5) * b.scale) @ b.components + b.mean
         out = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-        return tiles.join(out.reshape(len(rows), *self.shape), shape)
+        return tiles.join(out.reshape(len(rows), *self.tile), shape)

@@ -1,8 +1,9 @@
 """Images of any size for the fixed-size latent codecs (the autoencoders and their PCA controls),
-whose transforms see one input size, the canvas: the training size rounded up to what the
-transform needs (edge-padded, so the padding costs little to code).
+whose transforms see one input size, the canvas: the training size (`tile_for`: a side longer than
+TILED_ABOVE becomes TILE) rounded up to what the transform needs (edge-padded, so the padding
+costs little to code). Training images larger than the canvas are cut into canvases too.
 
-An image of the training size is sent as one canvas of latent bytes and nothing else. Any other
+An image of the training size is sent as its canvases' latent bytes and nothing else. Any other
 image is edge-padded to a whole number of canvases, each sent as its latent bytes, after a 3-byte
 header with its size (12 bits per side): the padding and the header are in its bytes. Payload
 lengths tell the two apart (3 + tiles x latent is never a multiple of the latent length for
@@ -18,6 +19,17 @@ import numpy as np
 from bench.codec import PayloadError, Payloads, fixed_rate_rows, payloads_to_decode
 
 HEADER = 3
+# Up to 64 pixels a side a transform sees the whole image (PCA's pixel covariance at 64x64 is
+# 128 MiB); a longer side is cut in tiles of 32, which divide the common photograph sizes. A
+# whole large image would need as many training images as latents (PCA) and weights that grow
+# with its pixels: at 256x256, ae95 had 31 MB of them and coded each image in 39 bytes.
+TILED_ABOVE, TILE = 64, 32
+
+
+def tile_for(shape: tuple[int, int]) -> tuple[int, int]:
+    """The tile a latent codec fitted on images of `shape` codes: the images' own size up to
+    TILED_ABOVE a side, TILE on a longer side."""
+    return tuple(int(side) if side <= TILED_ABOVE else TILE for side in shape)
 
 
 def canvas(shape: tuple[int, int], multiple: int = 1) -> tuple[int, int]:
@@ -49,11 +61,11 @@ def join(tiles: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def pack(rows: np.ndarray, shape: tuple[int, int], trained: tuple[int, int],
          tile: tuple[int, int]) -> Payloads:
     """Latent rows (N * tiles, k) of images of `shape` -> one payload per image."""
-    if tuple(shape) == tuple(trained):
-        return Payloads.from_array(rows)
     n = len(rows) // math.prod(grid(shape, tile))
-    head = ((shape[0] - 1) << 12 | (shape[1] - 1)).to_bytes(HEADER, "big")
     per_image = rows.reshape(n, -1)
+    if tuple(shape) == tuple(trained):
+        return Payloads.from_array(per_image)
+    head = ((shape[0] - 1) << 12 | (shape[1] - 1)).to_bytes(HEADER, "big")
     return Payloads.from_array(np.concatenate(
         [np.broadcast_to(np.frombuffer(head, np.uint8), (n, HEADER)), per_image], axis=1))
 
@@ -62,17 +74,18 @@ def unpack(payloads, k: int, trained: tuple[int, int], tile: tuple[int, int],
            codec: str) -> tuple[np.ndarray, tuple[int, int]]:
     """Payloads of one image size -> (latent rows (N * tiles, k), the size)."""
     payloads = payloads_to_decode(payloads, codec)
-    if payloads.sizes[0] == k:
-        return fixed_rate_rows(payloads, k, codec), tuple(trained)
+    plain = math.prod(grid(trained, tile)) * k  # an image of the training size
+    if payloads.sizes[0] == plain:
+        return fixed_rate_rows(payloads, plain, codec).reshape(-1, k), tuple(trained)
     first = payloads[0]
     if len(first) < HEADER:
-        raise PayloadError(f"{codec}: payload 0 has {len(first)} bytes; its payloads have {k}, or a "
-                           f"{HEADER}-byte size header and {k} per tile")
+        raise PayloadError(f"{codec}: payload 0 has {len(first)} bytes; its payloads have {plain}, or "
+                           f"a {HEADER}-byte size header and {k} per tile")
     value = int.from_bytes(first[:HEADER], "big")
     shape = (value >> 12) + 1, (value & 0xFFF) + 1
     tiles = math.prod(grid(shape, tile))
     if len(first) != HEADER + tiles * k:
-        raise PayloadError(f"{codec}: payload 0 has {len(first)} bytes: neither {k} (an image of "
+        raise PayloadError(f"{codec}: payload 0 has {len(first)} bytes: neither {plain} (an image of "
                            f"{trained[0]}x{trained[1]}) nor the {HEADER + tiles * k} that its size "
                            f"header ({shape[0]}x{shape[1]}, {tiles} tiles) calls for")
     rows = fixed_rate_rows(payloads, HEADER + tiles * k, f"{codec} ({shape[0]}x{shape[1]} images)")

@@ -167,6 +167,22 @@ def test_images_of_another_size_travel_in_tiles_with_their_size(shape, ae39, dig
         assert np.array_equal(decoded[:, :28, :28], ae39.decode(ae39.encode(digits[:3])))
 
 
+def test_images_larger_than_64x64_train_and_travel_as_32x32_canvases(train_small, tmp_path):
+    """Digits tiled to 96x96: the autoencoder sees their 32x32 tiles, so its weights are those of
+    a 32x32 model; an image of the training size is its nine canvases' latent bytes."""
+    images = np.tile(train_small[:200], (1, 4, 4))[:, :96, :96]
+    codec = AutoencoderCodec(39, epochs=1).fit(training(images, tmp_path))
+    assert codec.model.shape == (32, 32) and codec.header_bytes((96, 96)) == 0
+    payloads = codec.encode(images[:4])
+    assert (payloads.sizes == 9 * 39).all()
+    decoded = codec.decode(payloads)
+    assert decoded.shape == (4, 96, 96)
+    corner = codec.decode(codec.encode(np.ascontiguousarray(images[:4, :32, :32])))
+    assert np.array_equal(corner, decoded[:, :32, :32])  # a tile is coded as if alone
+    odd = codec.encode(np.ascontiguousarray(images[:2, :70, :50]))
+    assert (odd.sizes == 3 + 3 * 2 * 39).all() and codec.decode(odd).shape == (2, 70, 50)
+
+
 def test_side_info_is_the_decoders_float32_weights(ae39):
     width = 32
     linear = 39 * 784 + 784

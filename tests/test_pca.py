@@ -49,25 +49,21 @@ def test_unfitted_and_wrong_payloads_are_refused(digits):
         codec.decode([bytes(8), bytes(9)])
 
 
-def test_large_images_take_the_svd_and_agree_with_the_covariance(monkeypatch):
-    """Above 64x64 the pixel covariance is not formed (256x256 would need 32 GiB); the SVD gives
-    the same subspace and variances."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 12, 12), dtype=np.uint8)
-    by_covariance = pca.fit_pca(images, 8)
-    pca._EIGEN_CACHE.clear()
-    monkeypatch.setattr(pca, "COVARIANCE_MAX_PIXELS", 10)  # 144 pixels > 40 images > 10
-    by_svd = pca.fit_pca(images, 8)
-    np.testing.assert_allclose(by_svd.std, by_covariance.std, rtol=1e-4)
-    overlap = np.abs(by_svd.components @ by_covariance.components.T)
-    np.testing.assert_allclose(overlap, np.eye(8), atol=1e-3)  # the same axes, signs aside
-    with pytest.raises(CodecError, match="at least 41 training images of 12x12, got 40"):
-        pca.fit_pca(images, 41)
-    pca._EIGEN_CACHE.clear()
-
-
-def test_a_256x256_folder_trains_pca_in_little_memory():
-    images = np.random.default_rng(1).integers(0, 256, (50, 256, 256), dtype=np.uint8)
-    codec = get_codec("pca95").fit(training(images, validation=images[:5]))
-    decoded = codec.decode(codec.encode(images[:3]))
-    assert decoded.shape == (3, 256, 256)
+def test_images_larger_than_64x64_are_fitted_and_coded_in_32x32_tiles():
+    """Fewer 256x256 training images than components is fine (the basis sees their 32x32 tiles);
+    the basis and the payloads grow with the tile, not the image."""
+    rng = np.random.default_rng(1)
+    images = np.cumsum(rng.integers(-8, 9, (20, 256, 256)), axis=2).clip(0, 255).astype(np.uint8)
+    codec = get_codec("pca50").fit(training(images, validation=images[:5]))
+    assert codec.tile == (32, 32) and codec.side_info_bytes == 4 * (1024 + 392 * 1024 + 392)
+    payloads = codec.encode(images[:3])
+    assert (payloads.sizes == 64 * 392).all() and codec.header_bytes((256, 256)) == 0
+    decoded = codec.decode(payloads)
+    assert decoded.shape == (3, 256, 256) and mse(images[:3], decoded).max() < 1e-4  # 40 dB
+    corner = codec.encode(np.ascontiguousarray(images[:3, :32, :32]))  # another size: a header
+    assert (corner.sizes == 3 + 392).all()
+    assert np.array_equal(codec.decode(corner), decoded[:, :32, :32])
+    odd = codec.encode(np.ascontiguousarray(images[:2, :100, :70]))
+    assert (odd.sizes == 3 + 4 * 3 * 392).all() and codec.decode(odd).shape == (2, 100, 70)
+    with pytest.raises(PayloadError, match="neither 25088 .an image of 256x256. nor"):
+        codec.decode([bytes(100)])
