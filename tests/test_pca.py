@@ -4,7 +4,6 @@ import pytest
 from bench.codec import CodecError, PayloadError
 from bench.metrics import mse
 from bench.registry import get_codec
-from bench_codecs import pca
 from bench_codecs.pca import SPAN, fit_pca
 from conftest import training
 
