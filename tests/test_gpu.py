@@ -77,6 +77,15 @@ def test_factorized_pixels_on_cuda_do_not_depend_on_the_batch(factorized_pair, m
     assert np.array_equal(alone, whole[:20]) and np.array_equal(split, whole)
 
 
+def test_factorized_above_32x32_trains_on_cuda_crops(mnist5k, tmp_path):
+    images = np.tile(mnist5k.train.images[:200], (1, 4, 4))[:, :96, :96]
+    data = training(images, tmp_path, train_device="cuda")
+    codec = get_codec("factorized:epochs=1", device="cuda").fit(data)
+    assert codec.trained_now and not codec.model.per_latent
+    x = np.ascontiguousarray(images[:20])
+    assert np.array_equal(codec.decode_latents(codec.encode(x))[0], codec.latents(x))
+
+
 def test_factorized_trains_on_cuda(mnist5k, tmp_path):
     data = training(mnist5k.train.images[:600], tmp_path, train_device="cuda")
     codec = get_codec("factorized:epochs=1", device="cuda").fit(data)
