@@ -31,6 +31,9 @@ class PCABasis:
 
 
 _EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a family
+# Training tiles as float64 up to this size at once; above it the covariance is summed in parts
+# (500 photographs of 1024x1024 are 4 GiB of float64 tiles).
+WHOLE_BYTES = 256 << 20
 
 
 def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,9 +41,20 @@ def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (bench_codecs.tiles), so at most 128 MiB."""
     key = hashlib.sha256(images.tobytes()).hexdigest() + str(images.shape)
     if key not in _EIGEN_CACHE:
-        x = images.reshape(len(images), -1).astype(np.float64) / 255.0
-        mean = x.mean(axis=0)
-        eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+        flat = images.reshape(len(images), -1)
+        if flat.size * 8 <= WHOLE_BYTES:
+            x = flat.astype(np.float64) / 255.0
+            mean = x.mean(axis=0)
+            cov = np.cov(x - mean, rowvar=False)
+        else:
+            mean = flat.mean(axis=0, dtype=np.float64) / 255.0
+            cov = np.zeros((flat.shape[1],) * 2)
+            rows = max(1, WHOLE_BYTES // (8 * flat.shape[1]))
+            for s in range(0, len(flat), rows):
+                d = flat[s : s + rows].astype(np.float64) / 255.0 - mean
+                cov += d.T @ d
+            cov /= max(len(flat) - 1, 1)
+        eigval, eigvec = np.linalg.eigh(cov)
         _EIGEN_CACHE.clear()
         _EIGEN_CACHE[key] = (mean, eigval, eigvec)
     return _EIGEN_CACHE[key]

@@ -4,6 +4,7 @@ import pytest
 from bench.codec import CodecError, PayloadError
 from bench.metrics import mse
 from bench.registry import get_codec
+from bench_codecs import pca
 from bench_codecs.pca import SPAN, fit_pca
 from conftest import training
 
@@ -46,6 +47,19 @@ def test_unfitted_and_wrong_payloads_are_refused(digits):
         codec.decode([bytes(9)])
     with pytest.raises(PayloadError, match="payload 1 has 9 bytes; its payloads have exactly 8"):
         codec.decode([bytes(8), bytes(9)])
+
+
+def test_many_tiles_sum_their_covariance_in_parts_to_the_same_basis(monkeypatch):
+    images = np.random.default_rng(2).integers(0, 256, (300, 12, 12), dtype=np.uint8)
+    whole = pca.fit_pca(images, 20)
+    pca._EIGEN_CACHE.clear()
+    monkeypatch.setattr(pca, "WHOLE_BYTES", 8 * 144 * 7)  # parts of 7 tiles
+    parts = pca.fit_pca(images, 20)
+    pca._EIGEN_CACHE.clear()
+    np.testing.assert_allclose(parts.std, whole.std, rtol=1e-6)
+    np.testing.assert_allclose(parts.mean, whole.mean, rtol=1e-6)
+    overlap = np.abs(parts.components @ whole.components.T)
+    np.testing.assert_allclose(overlap, np.eye(20), atol=1e-4)  # the same axes, signs aside
 
 
 def test_images_larger_than_64x64_are_fitted_and_coded_in_32x32_tiles():
