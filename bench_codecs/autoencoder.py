@@ -1,6 +1,6 @@
 """The published experiment's conv autoencoder as a codec: one byte per latent value, on a canvas
-of the training size up to 64x64 and of 32-pixel tiles of larger images; other sizes are coded in
-tiles of it (bench_codecs.tiles).
+of the training size, a side longer than 64 pixels cut in tiles of 32; images of every size are
+coded in tiles of it (bench_codecs.tiles).
 
 Encoder: two stride-2 convolutions and a linear layer, beside a linear path from the pixels,
 to `latent` values clamped to [0, 1]; each value is sent as round(255 * z), one byte. Decoder:

@@ -10,8 +10,8 @@ quality and size, so that a damaged or foreign stream is seldom read as an image
 the latents (bench_codecs.factorized_coder: two flags, the symbols, escaped values), then the 4-bit
 check symbol of the model and quality (each quality its own). Latents are coded under the
 integer tables in the checkpoint, never under a float network output, so the decoder rebuilds the
-encoder's probabilities bit for bit: quality q's table per latent at a trained size of up to 32x32
-(factorized_model.ARCH), its table per channel at every other size.
+encoder's probabilities bit for bit: quality q's table per latent at a trained size of at most 64
+latent positions (32x32 images; factorized_model.ARCH), its table per channel at every other size.
 
 **Identical pixels whatever the batch.** Float convolutions on the CPU can give different low
 bits for different batch sizes (another kernel blocking). Analysis and synthesis therefore

@@ -11,7 +11,8 @@ CVPR 2021): per-quality vectors on the latent channels, trained jointly.
     gain       y * gain[q] (16 values per quality)
     quantise   round(y): integers, the symbols (training: y + uniform noise)
     density    per quality, one univariate non-parametric density per latent of the trained size
-               (channel and position) up to 32x32 images, one per channel above
+               (channel and position) up to 64 latent positions (32x32 images), one per
+               channel above
     synthesis  q * inverse_gain[q] -> conv 3x3 (64) -> ReLU -> conv 1x1 (16), + a linear path
                conv 3x3 (16); summed, 4x4 depth-to-space; clamped to [0, 1], rounded to 8 bits
 
@@ -24,8 +25,8 @@ which the top qualities need (trained from a random start, one model for all eig
 Training minimises bits per pixel + λ_q * 255² * MSE (pixels in [0, 1]) with one quality drawn per
 batch (RECIPE). At its end, `build_tables` tabulates each quality's code once, in float64, into
 integer frequencies stored in the model's buffers (so in the checkpoint): per latent of the
-trained size (where the densities are), and per channel for every size. The codec codes with
-these integers only.
+trained size (where the densities are), and per channel, for every other size (and the trained
+size too above 64 latent positions). The codec codes with these integers only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from bench.learned import History, host_tensor, train_loop
 # 128 -5.5 % for 1.5x the synthesis time; 12 latent channels (an incomplete basis of the 4x4
 # patches) stopped the top quality at 36.7 dB.
 # A density (and a table) per latent while the trained size has at most `per_latent_positions`
-# latent positions (up to 32x32 images), one per channel, shared by every position, above it,
+# latent positions (32x32 images, or 8x128), one per channel, shared by every position, above it,
 # where per-latent parameters and tables grow with the image (a model trained on 512x512 images
 # had 110 MB of tables a quality and took 15 GB to train). Per latent, mnist-5k's 8-point curve
 # was 25 % cheaper in BD-rate than per channel (digits keep to their places); on photo-crops per
@@ -230,7 +231,8 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
     x, xv = tensor(images), tensor(validation[: RECIPE["validation_images"]])
     pca_init(model, x)
     # Per-channel densities fit any size, so such a model trains on random crops: large images
-    # then give many small steps instead of a few huge ones, for as many pixels an epoch.
+    # then give many small steps instead of a few huge ones, an epoch as many crops as the
+    # images' 64x64 tiles (rounded up: at least their pixels).
     crop = tuple(min(RECIPE["crop"], side) for side in x.shape[2:])
     cropping = not model.per_latent and crop != tuple(x.shape[2:])
     per_image = math.ceil(x.shape[2] / crop[0]) * math.ceil(x.shape[3] / crop[1]) if cropping else 1
@@ -302,7 +304,8 @@ def build_tables(model: FactorizedPrior, x: torch.Tensor | None = None) -> None:
     density = copy.deepcopy(model.density).cpu().double()
     edges = torch.arange(-search, search + 2, dtype=torch.float64) - 0.5
     grid = edges[None].repeat(model.rows if model.per_latent else c, 1)
-    chunk = max(1, 1024 * 28 * 28 // (x.shape[2] * x.shape[3])) if x is not None else 0  # bounds memory
+    # 1,024 images of at most 64 latent positions; larger ones in as many pixels (bounds memory)
+    chunk = 1024 if model.per_latent or x is None else max(1, 1024 * 28 * 28 // (x.shape[2] * x.shape[3]))
     out = {name: [] for name in ("table", "channel")}
     for q in range(model.qualities):
         pmf = torch.diff(torch.sigmoid(density.logits_cdf(grid, q)), dim=1).clamp_min(0)

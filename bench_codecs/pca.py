@@ -31,15 +31,16 @@ class PCABasis:
 
 
 _EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a family
-# Training tiles as float64 up to this size at once; above it the covariance is summed in parts
-# (500 photographs of 1024x1024 are 4 GiB of float64 tiles).
-WHOLE_BYTES = 256 << 20
+# Training tiles as float64 up to this size at once (full MNIST: 339 MB), the whole path peaking
+# at about three times it; above it the covariance is summed in parts (500 photographs of
+# 1024x1024 are 4 GiB of float64 tiles).
+WHOLE_BYTES = 512 << 20
+MAX_PIXELS = 64 * 64  # tiles of at most 64x64 (bench_codecs.tiles): a covariance of 128 MiB
 
 
 def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The mean and the eigen-decomposition of the pixel covariance: tiles of at most 64x64
-    (bench_codecs.tiles), so at most 128 MiB."""
-    key = hashlib.sha256(images.tobytes()).hexdigest() + str(images.shape)
+    """The mean and the eigen-decomposition of the pixel covariance of (contiguous) tiles."""
+    key = hashlib.sha256(images).hexdigest() + str(images.shape)
     if key not in _EIGEN_CACHE:
         flat = images.reshape(len(images), -1)
         if flat.size * 8 <= WHOLE_BYTES:
@@ -62,9 +63,12 @@ def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def fit_pca(images: np.ndarray, k: int) -> PCABasis:
     images = np.ascontiguousarray(images)
+    if images.shape[1] * images.shape[2] > MAX_PIXELS:
+        raise ValueError(f"fit_pca takes tiles of at most {MAX_PIXELS} pixels (bench_codecs.tiles), "
+                         f"not {images.shape[1]}x{images.shape[2]}")
     if k > images.shape[1] * images.shape[2]:
-        raise CodecError(f"{k} latent values need images of at least {k} pixels; these are "
-                         f"{images.shape[1]}x{images.shape[2]}")
+        raise CodecError(f"{k} latent values need images (or tiles of them) of at least {k} pixels; "
+                         f"these are {images.shape[1]}x{images.shape[2]}")
     mean, eigval, eigvec = _eigen(images)
     order = np.argsort(eigval)[::-1][:k]
     std = np.sqrt(np.maximum(eigval[order], 1e-12))

@@ -1,6 +1,7 @@
 """A folder of large photographs for `--dataset folder:PATH`: seeded random square crops of the
 ten pictures `photo-crops` cuts (scikit-image's, read from the installed package, 8-bit gray),
-one sub-folder (class) per picture. A picture smaller than the crop in a side is mirrored out.
+one sub-folder (class) per picture. A picture smaller than the crop in a side gives a square crop
+of its shorter side, mirrored out to the crop's size.
 
     .venv/bin/python scripts/photo_folder.py /tmp/photos-256                 # 6 crops of 256x256 each
     .venv/bin/python -m bench run --dataset folder:/tmp/photos-256 --codecs factorized,jpeg,webp

@@ -128,7 +128,7 @@ def test_photo_folder_script_writes_seeded_crops_a_run_can_load(tmp_path):
     assert ds.classes == tuple(sorted(data.PHOTO_FILES)) and ds.shape == (200, 200)
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
     first = [(tmp_path / run / "page" / "1.png").read_bytes() for run in "ab"]
-    assert first[0] == first[1]  # seeded; page (191x384) is mirrored out to 200 rows
+    assert first[0] == first[1]  # seeded; page (191x384) gives 191x191, mirrored out to 200x200
     with pytest.raises(SystemExit):
         photo_folder.main([str(tmp_path / "a")])  # never writes into an existing folder
 

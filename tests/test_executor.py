@@ -96,11 +96,11 @@ def test_a_failing_job_is_named_the_run_finishes_the_others_and_exits_1(tmp_path
                  "--sweep", "none", "--no-tsne", "--rounds", "3", "--cache-dir", str(tmp_path / "c"),
                  "--out", str(out), "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "job pca50 failed: CodecError: 392 latent values need images of at least 392 pixels; " \
-        "these are 12x12" in proc.stderr
+    assert "job pca50 failed: CodecError: 392 latent values need images (or tiles of them) of at " \
+        "least 392 pixels; these are 12x12" in proc.stderr
     assert "Traceback" not in proc.stderr
     report = (out / "report.md").read_text()
-    assert "## Failed jobs" in report and "need images of at least 392 pixels" in report
+    assert "## Failed jobs" in report and "of at least 392 pixels; these are 12x12" in report
     assert pd.read_csv(out / "summary.csv")["codec"].tolist() == ["png"]
 
 

@@ -80,3 +80,5 @@ def test_images_larger_than_64x64_are_fitted_and_coded_in_32x32_tiles():
     assert (odd.sizes == 3 + 4 * 3 * 392).all() and codec.decode(odd).shape == (2, 100, 70)
     with pytest.raises(PayloadError, match="neither 25088 .an image of 256x256. nor"):
         codec.decode([bytes(100)])
+    with pytest.raises(ValueError, match="tiles of at most 4096 pixels .* not 65x64"):
+        fit_pca(images[:2, :65, :64], 8)  # a whole-image covariance would be (pixels)² floats
