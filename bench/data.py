@@ -289,7 +289,7 @@ def load_torchvision(name: str, torchvision_name: str, data_dir: Path, classes,
 # --- folders of images -------------------------------------------------------------------
 
 def load_folder(path: Path, seed: int = 0) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.is_dir():
         raise DatasetError(f"folder:{path}: not a readable folder")
@@ -312,7 +312,8 @@ def load_folder(path: Path, seed: int = 0) -> Dataset:
                     raise DatasetError(
                         f"{p}: {DEEP_MODES.get(im.mode, '16-bit')} pixels (Pillow mode {im.mode}); the "
                         "benchmark codes 8-bit images: save them with 8 bits per sample first")
-                images.append(np.asarray(im.convert("L"), dtype=np.uint8))
+                # Upright, as a viewer shows it (a camera's EXIF orientation tag).
+                images.append(np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.uint8))
         except Image.DecompressionBombError as exc:  # its header claims a huge image
             raise DatasetError(f"{p}: larger than {MAX_SIDE}x{MAX_SIDE} ({exc})") from None
         except (UnidentifiedImageError, OSError) as exc:

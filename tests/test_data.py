@@ -133,6 +133,21 @@ def test_photo_folder_script_writes_seeded_crops_a_run_can_load(tmp_path):
         photo_folder.main([str(tmp_path / "a")])  # never writes into an existing folder
 
 
+def test_folder_images_are_read_upright_as_their_exif_orientation_says(tmp_path):
+    from PIL import Image
+
+    picture = Image.fromarray((np.arange(48, dtype=np.uint8) * 5).reshape(6, 8))
+    (tmp_path / "c").mkdir()
+    exif = picture.getexif()
+    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
+    picture.save(tmp_path / "c" / "tagged.jpg", quality=100, exif=exif.tobytes())
+    picture.save(tmp_path / "c" / "plain.jpg", quality=100)
+    ds = load_dataset(f"folder:{tmp_path}")
+    read = {im.shape: im for split in (ds.train, ds.validation, ds.test) for im in split.images}
+    assert sorted(read) == [(6, 8), (8, 6)]
+    assert np.array_equal(read[8, 6], np.rot90(read[6, 8], -1))
+
+
 def test_folder_errors_are_clear(tmp_path):
     from PIL import Image
 
