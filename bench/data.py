@@ -168,23 +168,27 @@ PHOTO_FILES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "gr
 PHOTO_CROP = 32  # crop side (pixels)
 
 
-def read_photo_crops(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Every non-overlapping PHOTO_CROP-square crop of each file on a grid at a seeded offset,
-    converted to 8-bit gray by PIL (ITU-R 601-2 luma); label = the file's index in PHOTO_FILES."""
+def read_photo(name: str) -> np.ndarray:
+    """One of PHOTO_FILES from the installed scikit-image, as 8-bit gray by PIL (ITU-R 601-2 luma)."""
     from importlib.resources import files
 
     from PIL import Image
 
-    folder = files("skimage") / "data"
+    try:
+        with (files("skimage") / "data" / f"{name}.png").open("rb") as f, Image.open(f) as im:
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"photo-crops: skimage/data/{name}.png is missing or unreadable in the "
+                           f"installed scikit-image ({exc}); reinstall scikit-image") from None
+
+
+def read_photo_crops(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every non-overlapping PHOTO_CROP-square crop of each file (read_photo) on a grid at a
+    seeded offset; label = the file's index in PHOTO_FILES."""
     rng = np.random.default_rng(seed)
     crops, labels = [], []
     for label, name in enumerate(PHOTO_FILES):
-        try:
-            with (folder / f"{name}.png").open("rb") as f, Image.open(f) as im:
-                gray = np.asarray(im.convert("L"), dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"photo-crops: skimage/data/{name}.png is missing or unreadable in the "
-                               f"installed scikit-image ({exc}); reinstall scikit-image") from None
+        gray = read_photo(name)
         s, (h, w) = PHOTO_CROP, gray.shape
         ny, nx = h // s, w // s
         oy, ox = int(rng.integers(0, h - ny * s + 1)), int(rng.integers(0, w - nx * s + 1))

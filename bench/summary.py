@@ -51,11 +51,12 @@ def summarize(codecs: pd.DataFrame, per_image: pd.DataFrame, throughput: pd.Data
     pixels = (per_image["height"] * per_image["width"]).groupby(per_image["codec"], sort=False).mean()
     out = codecs.merge(stats, on="codec")
     out["content_bytes"] = out["bytes_mean"] - out["header_bytes"]
-    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / out["codec"].map(pixels))
+    image_pixels = out["codec"].map(pixels)
+    out["compression_pct"] = 100.0 * (1.0 - out["bytes_mean"] / image_pixels)
     # One byte per latent value: an image's latent values are its content bytes (one canvas of
     # `latent` values at the training size up to 64x64, several on larger images).
     latent_values = out["content_bytes"].where(out["latent"].notna())
-    out["dimension_compression_pct"] = 100.0 * (1.0 - latent_values / out["codec"].map(pixels))
+    out["dimension_compression_pct"] = 100.0 * (1.0 - latent_values / image_pixels)
     columns = {"median_img_s": "img_s", "median_mpx_s": "mpx_s"}
     if len(throughput):
         on = throughput[throughput["device"] == device]

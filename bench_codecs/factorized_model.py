@@ -64,6 +64,8 @@ RECIPE = {"version": 2, "batch": 32, "epochs": 36, "lr": 5e-3, "warmup": 0.03, "
 # learned density (2.5-5.5 % fewer bytes than the density alone, on the test split), cut where the
 # tail mass is below `tail_mass`, frequencies summing to about 2**precision.
 TABLES = {"version": 2, "precision": 16, "tail_mass": 1e-5, "search": 128, "smoothing": 64.0}
+# Pixels per pass of the no-grad passes over whole images (validation, tables): bounds memory.
+PASS_PIXELS = 1024 * 28 * 28
 
 
 def pad4(images: np.ndarray) -> np.ndarray:
@@ -273,8 +275,7 @@ def train(model: FactorizedPrior, images: np.ndarray, validation: np.ndarray, la
         noise = torch.empty(y.shape, device=device).uniform_(-0.5, 0.5, generator=noise_gen)
         return rd_loss(xb, y + noise, q, crop if cropping else (h, w))
 
-    # Validation images in parts of at most as many pixels as the recipe's count of 32x32 images.
-    part = max(1, RECIPE["validation_images"] * 32 * 32 // (xv.shape[2] * xv.shape[3]))
+    part = max(1, PASS_PIXELS // (xv.shape[2] * xv.shape[3]))  # one pass: the 64 images at 28x28 or 32x32
 
     def validate() -> float:
         summed = 0.0
@@ -304,8 +305,9 @@ def build_tables(model: FactorizedPrior, x: torch.Tensor | None = None) -> None:
     density = copy.deepcopy(model.density).cpu().double()
     edges = torch.arange(-search, search + 2, dtype=torch.float64) - 0.5
     grid = edges[None].repeat(model.rows if model.per_latent else c, 1)
-    # 1,024 images of at most 64 latent positions; larger ones in as many pixels (bounds memory)
-    chunk = 1024 if model.per_latent or x is None else max(1, 1024 * 28 * 28 // (x.shape[2] * x.shape[3]))
+    # Per-latent models: 1,024 images a pass, as ever (batch-dependent low bits would move their
+    # tables); per-channel ones: PASS_PIXELS.
+    chunk = 1024 if model.per_latent or x is None else max(1, PASS_PIXELS // (x.shape[2] * x.shape[3]))
     out = {name: [] for name in ("table", "channel")}
     for q in range(model.qualities):
         pmf = torch.diff(torch.sigmoid(density.logits_cdf(grid, q)), dim=1).clamp_min(0)

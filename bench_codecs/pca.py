@@ -35,7 +35,7 @@ _EIGEN_CACHE: dict[str, tuple] = {}  # one decomposition serves every level of a
 # at about three times it; above it the covariance is summed in parts (500 photographs of
 # 1024x1024 are 4 GiB of float64 tiles).
 WHOLE_BYTES = 512 << 20
-MAX_PIXELS = 64 * 64  # tiles of at most 64x64 (bench_codecs.tiles): a covariance of 128 MiB
+MAX_PIXELS = tiles.TILED_ABOVE**2  # the largest tile (bench_codecs.tiles): a covariance of 128 MiB
 
 
 def _eigen(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

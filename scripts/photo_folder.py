@@ -10,13 +10,12 @@ of its shorter side, mirrored out to the crop's size.
 from __future__ import annotations
 
 import argparse
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench.data import PHOTO_FILES
+from bench.data import PHOTO_FILES, read_photo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--side must be 1..1024 and --per-picture at least 1")
     rng = np.random.default_rng(args.seed)
     for name in PHOTO_FILES:
-        with (files("skimage") / "data" / f"{name}.png").open("rb") as f, Image.open(f) as im:
-            gray = np.asarray(im.convert("L"), dtype=np.uint8)
+        gray = read_photo(name)
         (args.out / name).mkdir(parents=True)
         for k in range(args.per_picture):
             s = min(args.side, *gray.shape)
