@@ -13,17 +13,21 @@ payload of another model or level count is refused 15 times in 16, and so is mos
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
+import numba
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from bench import entropy
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
 from bench.learned import History, LearnedCodec, host_tensor, in_processes
 from bench_codecs import AR_LOSSY_LEVELS
+from bench_codecs.ar_cpu import StepNetwork
 from bench_codecs.ar_integer import IntInference, IntNet
 from bench_codecs.ar_model import (
     ARCH_VERSION,
@@ -76,7 +80,9 @@ class ARCodec(LearnedCodec):
         self.levels = 256
         self.net: IntNet | None = None
         self.side_info = b""
-        self.library = f"torch {torch.__version__}, {entropy.version()}"
+        # On the CPU the decoder's network runs in bench_codecs.ar_cpu's numba kernels.
+        kernels = f", numba {numba.__version__}" if torch.device(device).type == "cpu" else ""
+        self.library = f"torch {torch.__version__}{kernels}, {entropy.version()}"
         self._tensors: IntInference | None = None
 
     def hyperparameters(self) -> dict:
@@ -110,6 +116,13 @@ class ARCodec(LearnedCodec):
     def side_info_bytes(self) -> int:
         self._require_net()
         return len(self.side_info)
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Also numpy's BLAS at the inference thread count: the CPU decoder's GEMMs run there, and
+        its default, a thread per core in each of two worker processes, oversubscribes the cores."""
+        with super().inference(), threadpool_limits(self.threads(), user_api="blas"):
+            yield
 
     def _require_net(self) -> IntInference:
         if self._tensors is None:
@@ -249,27 +262,23 @@ class ARCodec(LearnedCodec):
         on all images' contexts of the step's pixels, then makes one constriction call per image
         for their coarse symbols (a C-level loop over pre-made views of one buffer), and,
         lossless, one more per image for the fine symbols of its pixels that are not 0."""
-        n, dev = len(decoders), t.device
-        k_max = int(np.diff(g.bounds).max())
-        coarse = np.zeros((n, k_max, _coarse_width(self.levels)))  # C-contiguous, for constriction
-        views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(np.diff(g.bounds))}
-        rec_of = torch.from_numpy(quantiser(self.levels)[1]).to(dev, t.dtype)
-        x = torch.zeros((n, g.pad_size), dtype=t.dtype, device=dev)
-        for where, bins, at in _steps(*g.shape, str(dev)):
-            k = len(at)
-            ctx = x.index_select(1, where.view(-1)).view(n * k, -1)
-            a2, cw = self._network(t, ctx, bins.repeat(n), self.levels == 256)
-            coarse[:, :k] = cw.view(n, k, -1).cpu().numpy()
+        n, widths = len(decoders), np.diff(g.bounds)
+        coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))  # C-contiguous, for constriction
+        views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(widths)}
+        rec_of = quantiser(self.levels)[1].astype(np.int64)
+        # The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's).
+        host = t.device.type == "cpu" and t.dtype == torch.float32
+        steps = (_HostSteps if host else _TensorSteps)(self, t, g, n, coarse)
+        for s, k in enumerate(widths):
+            steps.coarse(s)
             sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
             if self.levels != 256:
-                x.index_copy_(1, at, rec_of.index_select(0, torch.from_numpy(sym).to(dev)).view(n, k))
+                steps.put(s, rec_of[sym])
                 continue
             nz = np.flatnonzero(sym)
             value = np.zeros(n * k, np.int64)
             if len(nz):
-                fine = t.fine(a2.index_select(0, torch.from_numpy(nz).to(dev)),
-                              torch.from_numpy(sym[nz] - 1).to(dev).long(),
-                              grouped=False).cpu().numpy()
+                fine = steps.fine(nz, sym[nz] - 1)
                 who = nz // k  # the images with fine symbols in this step, rows contiguous per image
                 starts = np.searchsorted(who, np.arange(n + 1))
                 has = np.flatnonzero(np.diff(starts))
@@ -281,9 +290,64 @@ class ARCodec(LearnedCodec):
                 if len(bad):  # symbols of probability 0: only a corrupt stream decodes to them
                     raise PayloadError(f"{self.name}: payload {first + who[bad[0]]} is corrupt (a pixel "
                                        "decodes to no 8-bit value)")
-            x.index_copy_(1, at, torch.from_numpy(value).to(dev, t.dtype).view(n, k))
-        h, w = g.shape
-        return x.view(n, h + ROWS, g.pad_w)[:, ROWS:, HALF:HALF + w].to(torch.uint8).cpu().numpy()
+            steps.put(s, value)
+        return steps.images()
+
+
+class _TensorSteps:
+    """The decoder's network and image buffer as tensors on the codec's device (CUDA): per
+    wavefront step, coarse weights into the shared buffer, fine weights, and the decoded pixels."""
+
+    def __init__(self, codec: ARCodec, t: IntInference, g: Geometry, n: int, coarse: np.ndarray):
+        self.codec, self.t, self.g, self.n, self.out = codec, t, g, n, coarse
+        self.steps = _steps(*g.shape, str(t.device))
+        self.x = torch.zeros((n, g.pad_size), dtype=t.dtype, device=t.device)
+
+    def coarse(self, s: int) -> None:
+        where, bins, at = self.steps[s]
+        k = len(at)
+        ctx = self.x.index_select(1, where.view(-1)).view(self.n * k, -1)
+        self.a2, cw = self.codec._network(self.t, ctx, bins.repeat(self.n), self.codec.levels == 256)
+        self.out[:, :k] = cw.view(self.n, k, -1).cpu().numpy()
+
+    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        dev = self.t.device
+        return self.t.fine(self.a2.index_select(0, torch.from_numpy(rows).to(dev)),
+                           torch.from_numpy(groups).to(dev).long(), grouped=False).cpu().numpy()
+
+    def put(self, s: int, values: np.ndarray) -> None:
+        at = self.steps[s][2]
+        self.x.index_copy_(1, at, torch.from_numpy(values).to(self.x).view(self.n, len(at)))
+
+    def images(self) -> np.ndarray:
+        h, w = self.g.shape
+        return self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].to(torch.uint8).cpu().numpy()
+
+
+class _HostSteps:
+    """The same on the CPU, through bench_codecs.ar_cpu's compiled kernels: the same integers."""
+
+    def __init__(self, codec: ARCodec, t: IntInference, g: Geometry, n: int, coarse: np.ndarray):
+        self.g, self.n, self.out = g, n, coarse
+        self.net = StepNetwork(t, codec.net.levels.index(codec.levels), coarse.shape[2], codec.levels == 256,
+                               n, coarse.shape[1])
+        self.steps = [(np.ascontiguousarray(g.base[idx, None] + g.context), g.bins[idx], g.at[idx])
+                      for idx in g.steps]
+        self.x = np.zeros((n, g.pad_size), np.float32)
+
+    def coarse(self, s: int) -> None:
+        where, bins, _ = self.steps[s]
+        self.net.coarse(self.x, where, bins, self.out)
+
+    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        return self.net.fine(rows, groups)
+
+    def put(self, s: int, values: np.ndarray) -> None:
+        self.x[:, self.steps[s][2]] = values.reshape(self.n, -1)
+
+    def images(self) -> np.ndarray:
+        h, w = self.g.shape
+        return self.x.reshape(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].astype(np.uint8)
 
 
 class ARLossyCodec(ARCodec):

@@ -13,7 +13,7 @@ import bench_codecs
 from bench.codec import CodecError, PayloadError
 from bench.metrics import mse, psnr_from_mse
 from bench.registry import get_codec
-from bench_codecs import AR_LOSSY_LEVELS, ar_model
+from bench_codecs import AR_LOSSY_LEVELS, ar_cpu, ar_model
 from bench_codecs import ar as ar_codec
 from bench_codecs.ar import ARCodec, ARLossyCodec
 from bench_codecs.ar_integer import IntNet
@@ -82,6 +82,41 @@ def test_bytes_and_images_are_the_same_whatever_the_split_threads_or_arithmetic(
         assert np.array_equal(codec.decode(reference[:50]), expected[:50])
     finally:
         codec.inference_threads, codec._tensors = 1, one_thread
+
+
+@pytest.mark.parametrize("which", ["lossless", "lossy"])
+def test_the_cpu_kernels_give_the_tensors_integers(which, request):
+    """The CPU decoder's numba kernels against the tensors that the encoder and CUDA run, on any
+    8-bit contexts (not only decodable ones): the same coarse and fine weights, to the bit."""
+    codec = request.getfixturevalue(which)
+    t, rng, n, k = codec._tensors, np.random.default_rng(5), 300, 8
+    x = rng.integers(0, 256, (n, k * ar_model.N_CTX)).astype(np.float32)
+    x[rng.random((n, x.shape[1])) < 0.6] = 0  # sparse contexts, as on digits
+    x[: n // 3] = 0  # all-zero contexts take the lookup
+    where, bins = np.arange(x.shape[1]).reshape(k, -1), rng.integers(0, ar_model.BINS**2, k)
+    width = ar_codec._coarse_width(codec.levels)
+    steps = ar_cpu.StepNetwork(t, codec.net.levels.index(codec.levels), width, which == "lossless",
+                               n, k)
+    coarse = np.zeros((n, k, width))
+    with codec.inference():
+        steps.coarse(x, where, bins, coarse)
+        a2, expected = codec._network(t, torch.from_numpy(x).view(n * k, -1),
+                                      torch.from_numpy(bins).repeat(n), which == "lossless")
+        assert np.array_equal(coarse.reshape(n * k, -1), expected.numpy())
+        if which == "lossless":
+            rows = np.sort(rng.choice(n * k, 900, replace=False))
+            groups = rng.integers(0, ar_model.NG, len(rows))
+            fine = steps.fine(rows, groups)
+            for grouped in (False, True):
+                assert np.array_equal(fine, t.fine(a2[rows], torch.from_numpy(groups), grouped).numpy())
+    # The requantisation alone, on every accumulator that gives an activation of 0..255 in every
+    # channel: float32 rounds some products up to a half (float64 arithmetic would not).
+    m = t.m["k1"]
+    acc = np.repeat(np.arange(-2, 256 / float(m.min()) + 2, dtype=np.float32)[:, None], len(m), 1)
+    with torch.inference_mode():
+        expected = t._requant(torch.from_numpy(acc.copy()), m).numpy()
+    ar_cpu._requant(acc, np.zeros((1, len(m)), np.float32), m.numpy())
+    assert np.array_equal(acc, expected)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
