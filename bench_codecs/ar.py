@@ -158,18 +158,19 @@ class ARCodec(LearnedCodec):
         where = torch.from_numpy(g.base[g.order, None] + g.context).to(dev)  # coding order
         bins = torch.from_numpy(g.bins[g.order]).to(dev)
         step = torch.from_numpy(np.repeat(np.arange(len(g.bounds) - 1), np.diff(g.bounds))).to(dev)
-        for s in range(0, len(images), CHUNK[dev.type]):
-            x = host_tensor(images[s:s + CHUNK[dev.type]]).to(dev).long()
+        chunk = max(1, CHUNK[dev.type] * 784 // g.pixels)  # as many pixels whatever the size
+        for s in range(0, len(images), chunk):
+            x = host_tensor(images[s:s + chunk]).to(dev).long()
             n, P = len(x), g.pixels
             q = q_of[x].reshape(n, P)[:, g.order].reshape(-1)
             flat = g.padded(rec_of[q_of[x]].to(t.dtype))
-            ctx = flat.index_select(1, where.view(-1)).view(n * P, -1)
-            a2, cw = self._network(t, ctx, bins.repeat(n), lossless)
-            # Fresh tensors, so C-contiguous: constriction silently misreads any other layout.
+            nzi = torch.nonzero(q).squeeze(1) if lossless else None
+            cw, fine = self._all_weights(t, flat, where, bins, (q.index_select(0, nzi) - 1) // NF
+                                         if lossless else None, nzi)
+            # Fresh arrays, so C-contiguous: constriction silently misreads any other layout.
             if not lossless:
                 yield s, cw.cpu().numpy(), q.int().cpu().numpy(), np.arange(n + 1) * P
                 continue
-            nzi = torch.nonzero(q).squeeze(1)
             # Each row's place: by image, step, coarse before fine, then pixel.
             image = torch.arange(n * P, device=dev) // P
             key = torch.cat([(image * len(g.bounds) + step.repeat(n)) * 2,
@@ -177,11 +178,27 @@ class ARCodec(LearnedCodec):
             order = torch.argsort(key * (n * P) + torch.cat([torch.arange(n * P, device=dev), nzi]),
                                   stable=True)
             q_nz = q.index_select(0, nzi)
-            tab = torch.cat([cw, t.fine(a2.index_select(0, nzi), (q_nz - 1) // NF, grouped=True)])
+            tab = torch.cat([cw, fine])
             sym = torch.cat([torch.where(q != 0, 1 + (q - 1) // NF, 0), (q_nz - 1) % NF])
             tab, sym = tab.index_select(0, order), sym.index_select(0, order)
             counts = P + (q != 0).view(n, P).sum(1).cpu().numpy()
             yield s, tab.cpu().numpy(), sym.int().cpu().numpy(), np.concatenate([[0], np.cumsum(counts)])
+
+    def _all_weights(self, t: IntInference, flat: torch.Tensor, where: torch.Tensor, bins: torch.Tensor,
+                     groups: torch.Tensor | None, rows: torch.Tensor | None):
+        """Coarse weights of every pixel of the images `flat` (n, pad), pixels in coding order
+        (`where`: their contexts, `bins`), and (lossless) the fine weights of pixels `rows` (of
+        n * pixels) in coarse groups `groups`: the CPU's kernels, or tensors (CUDA)."""
+        n, (P, width) = len(flat), (len(where), _coarse_width(self.levels))
+        if not _on_host(t):
+            ctx = flat.index_select(1, where.view(-1)).view(n * P, -1)
+            a2, cw = self._network(t, ctx, bins.repeat(n), groups is not None)
+            return cw, None if groups is None else t.fine(a2.index_select(0, rows), groups, grouped=True)
+        net = StepNetwork(t, self.net.levels.index(self.levels), width, groups is not None, n, P)
+        coarse = np.empty((n, P, width))
+        net.coarse(flat.numpy(), where.numpy(), bins.numpy(), coarse)
+        cw = torch.from_numpy(coarse.reshape(n * P, width))
+        return cw, None if groups is None else torch.from_numpy(net.fine(rows.numpy(), groups.numpy()))
 
     def encode(self, images: np.ndarray) -> Payloads:
         self._require_net()
@@ -266,9 +283,7 @@ class ARCodec(LearnedCodec):
         coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))  # C-contiguous, for constriction
         views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(widths)}
         rec_of = quantiser(self.levels)[1].astype(np.int64)
-        # The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's).
-        host = t.device.type == "cpu" and t.dtype == torch.float32
-        steps = (_HostSteps if host else _TensorSteps)(self, t, g, n, coarse)
+        steps = (_HostSteps if _on_host(t) else _TensorSteps)(self, t, g, n, coarse)
         for s, k in enumerate(widths):
             steps.coarse(s)
             sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
@@ -292,6 +307,11 @@ class ARCodec(LearnedCodec):
                                        "decodes to no 8-bit value)")
             steps.put(s, value)
         return steps.images()
+
+
+def _on_host(t: IntInference) -> bool:
+    """The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32
 
 
 class _TensorSteps:
