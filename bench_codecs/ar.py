@@ -297,9 +297,10 @@ class ARCodec(LearnedCodec):
                 who = nz // k  # the images with fine symbols in this step, rows contiguous per image
                 starts = np.searchsorted(who, np.arange(n + 1))
                 has = np.flatnonzero(np.diff(starts))
-                lo = entropy.decode_each([decoders[i] for i in has],
-                                         [fine[starts[i]:starts[i + 1]] for i in has], self.name,
-                                         has + first)
+                # Built by map, not by Python loops: up to one view per image and step.
+                views_of = map(fine.__getitem__, map(slice, starts[has].tolist(), starts[has + 1].tolist()))
+                lo = entropy.decode_each(list(map(decoders.__getitem__, has.tolist())), list(views_of),
+                                         self.name, has + first)
                 value[nz] = 1 + NF * (sym[nz] - 1) + lo
                 bad = np.flatnonzero((lo >= NF) | (value[nz] > 255))
                 if len(bad):  # symbols of probability 0: only a corrupt stream decodes to them
