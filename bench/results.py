@@ -50,7 +50,8 @@ class VerdictOptions:
 TABLES = ("summary", "per_image", "throughput", "tsne")
 CSV_FLOAT = "%.7g"
 VERSIONED = ("aecodec-bench", "numpy", "pandas", "scikit-image", "scikit-learn", "imagecodecs",
-             "pillow", "torch", "torchvision", "numba", "matplotlib", "constriction", "bjontegaard", "zstandard")
+             "pillow", "torch", "torchvision", "numba", "matplotlib", "constriction", "bjontegaard",
+             "zstandard")
 
 
 def plugins() -> dict[str, dict]:

@@ -280,7 +280,8 @@ class ARCodec(LearnedCodec):
         for their coarse symbols (a C-level loop over pre-made views of one buffer), and,
         lossless, one more per image for the fine symbols of its pixels that are not 0."""
         n, widths = len(decoders), np.diff(g.bounds)
-        coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))  # C-contiguous, for constriction
+        # C-contiguous, for constriction
+        coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))
         views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(widths)}
         rec_of = quantiser(self.levels)[1].astype(np.int64)
         steps = (_HostSteps if _on_host(t) else _TensorSteps)(self, t, g, n, coarse)
@@ -342,7 +343,8 @@ class _TensorSteps:
 
     def images(self) -> np.ndarray:
         h, w = self.g.shape
-        return self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].to(torch.uint8).cpu().numpy()
+        x = self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w]
+        return x.to(torch.uint8).cpu().numpy()
 
 
 class _HostSteps:
