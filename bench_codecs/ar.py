@@ -20,7 +20,7 @@ from functools import lru_cache
 import numba
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from bench import entropy
@@ -121,7 +121,7 @@ class ARCodec(LearnedCodec):
     def inference(self) -> Iterator[None]:
         """Also numpy's BLAS at the inference thread count: the CPU decoder's GEMMs run there, and
         its default, a thread per core in each of two worker processes, oversubscribes the cores."""
-        with super().inference(), threadpool_limits(self.threads(), user_api="blas"):
+        with super().inference(), _blas().limit(limits=self.threads(), user_api="blas"):
             yield
 
     def _require_net(self) -> IntInference:
@@ -165,8 +165,8 @@ class ARCodec(LearnedCodec):
             q = q_of[x].reshape(n, P)[:, g.order].reshape(-1)
             flat = g.padded(rec_of[q_of[x]].to(t.dtype))
             nzi = torch.nonzero(q).squeeze(1) if lossless else None
-            cw, fine = self._all_weights(t, flat, where, bins, (q.index_select(0, nzi) - 1) // NF
-                                         if lossless else None, nzi)
+            q_nz = q.index_select(0, nzi) if lossless else None
+            cw, fine = self._all_weights(t, flat, where, bins, (q_nz - 1) // NF if lossless else None, nzi)
             # Fresh arrays, so C-contiguous: constriction silently misreads any other layout.
             if not lossless:
                 yield s, cw.cpu().numpy(), q.int().cpu().numpy(), np.arange(n + 1) * P
@@ -177,7 +177,6 @@ class ARCodec(LearnedCodec):
                              (image[nzi] * len(g.bounds) + step.repeat(n)[nzi]) * 2 + 1])
             order = torch.argsort(key * (n * P) + torch.cat([torch.arange(n * P, device=dev), nzi]),
                                   stable=True)
-            q_nz = q.index_select(0, nzi)
             tab = torch.cat([cw, fine])
             sym = torch.cat([torch.where(q != 0, 1 + (q - 1) // NF, 0), (q_nz - 1) % NF])
             tab, sym = tab.index_select(0, order), sym.index_select(0, order)
@@ -311,6 +310,12 @@ class ARCodec(LearnedCodec):
         return steps.images()
 
 
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    """numpy's BLAS, found once (threadpool_limits looks for it again at every call)."""
+    return ThreadpoolController()
+
+
 def _on_host(t: IntInference) -> bool:
     """The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's)."""
     return t.device.type == "cpu" and t.dtype == torch.float32
@@ -354,8 +359,7 @@ class _HostSteps:
         self.g, self.n, self.out = g, n, coarse
         self.net = StepNetwork(t, codec.net.levels.index(codec.levels), coarse.shape[2], codec.levels == 256,
                                n, coarse.shape[1])
-        self.steps = [(np.ascontiguousarray(g.base[idx, None] + g.context), g.bins[idx], g.at[idx])
-                      for idx in g.steps]
+        self.steps = [tuple(a.numpy() for a in step) for step in _steps(*g.shape, "cpu")]
         self.x = np.zeros((n, g.pad_size), np.float32)
 
     def coarse(self, s: int) -> None:

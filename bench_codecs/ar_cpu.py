@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import torch
 
-from bench_codecs.ar_integer import D_MAX, IntInference
-from bench_codecs.ar_model import NC, NF, NG
+from bench_codecs.ar_integer import IntInference
+from bench_codecs.ar_model import NC
 
+# Compiled once per machine and cached. The kernels take every constant as an argument or an
+# array's shape: numba's cache does not notice an edit to another module's constants.
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
@@ -81,45 +82,43 @@ def _coarse_weights(acc, bc, mc, exp, live, k, out):
             top = max(top, logits[q])
         i, p = live[r] // k, live[r] % k
         for q in range(K):
-            out[i, p, q] = exp[int(min(top - logits[q], D_MAX))]
+            out[i, p, q] = exp[int(min(top - logits[q], len(exp) - 1))]
 
 
 @numba.njit(**_JIT)
-def _fine_weights(a2, slot, zero_a2, bins, k, rows, groups, wf, bf, mf, exp):
-    """(len(rows), NC) float64 weights of the value inside coarse group groups[j] of step row
-    rows[j] (= i * k + p), whose activations are a2[slot[row]], or zero_a2[bin] when its context
-    was all 0. The last group has NF - 1 values; column NF (padding) gets 0."""
-    out = np.zeros((len(rows), NC))
-    acc = np.empty(NF, np.float32)
-    logits = np.empty(NF, np.float32)
+def _fine_weights(a2, slot, zero_a2, bins, k, rows, groups, wf, bf, mf, exp, out):
+    """Into out (len(rows), NF + 1), zeroed: the weights of the value inside coarse group
+    groups[j] of step row rows[j] (= i * k + p), whose activations are a2[slot[row]], or
+    zero_a2[bin] when its context was all 0. The last group has NF - 1 values; the last column
+    (padding, so that coarse and fine rows share one table) stays 0."""
+    n_groups, width, n_fine = wf.shape
+    acc = np.empty(n_fine, np.float32)
+    logits = np.empty(n_fine, np.float32)
     for j in range(len(rows)):
         g, s = groups[j], slot[rows[j]]
         act = a2[s] if s >= 0 else zero_a2[bins[rows[j] % k]]
         acc[:] = 0
-        for c in range(act.shape[0]):
+        for c in range(width):
             a = act[c]
             if a != 0:
-                for q in range(NF):
+                for q in range(n_fine):
                     acc[q] += a * wf[g, c, q]
-        values = NF - 1 if g == NG - 1 else NF  # the value 256 does not exist
+        values = n_fine - 1 if g == n_groups - 1 else n_fine  # the value 256 does not exist
         top = np.float32(-np.inf)
         for q in range(values):
             logits[q] = _half_up(acc[q], bf[g, q], mf[g, q])
             top = max(top, logits[q])
         for q in range(values):
-            out[j, q] = exp[int(min(top - logits[q], D_MAX))]
-    return out
+            out[j, q] = exp[int(min(top - logits[q], len(exp) - 1))]
 
 
 class StepNetwork:
-    """The integer network of one level count, for decoding a batch of n images on the CPU
-    (`fine`: lossless, whose fine symbols need the coarse step's activations)."""
+    """The integer network of one level count (`t`: the CPU's float32 IntInference), for a step
+    of at most k_max pixels of n images (`fine`: lossless, whose fine symbols need the coarse
+    step's activations)."""
 
     def __init__(self, t: IntInference, level_index: int, coarse_width: int, fine: bool, n: int,
                  k_max: int):
-        if t.device.type != "cpu" or t.dtype != torch.float32:
-            raise ValueError("StepNetwork runs the CPU's float32 IntInference")
-
         def host(v):
             return np.ascontiguousarray(v.numpy())
 
@@ -137,7 +136,7 @@ class StepNetwork:
         self.bias = np.empty((n * k_max, width), np.float32)
         self.live = np.empty(n * k_max, np.int64)
         self.slot = np.empty(n * k_max, np.int64)
-        self.a2 = self.a2_live = np.empty((0, width), np.float32)
+        self.a2 = np.empty((0, width), np.float32)
 
     def coarse(self, x: np.ndarray, where: np.ndarray, bins: np.ndarray, out: np.ndarray) -> None:
         """Coarse weights of step pixels `where` of every image of x (n, pad) float32 into
@@ -157,5 +156,7 @@ class StepNetwork:
     def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """(len(rows), NC) float64 weights of the fine symbols of the last step's rows (i * k + p)
         in coarse groups `groups` (0..15)."""
-        return _fine_weights(self.a2, self.slot, self.a2_zero, self.bins, self.k, rows, groups,
-                             self.wf, self.bf, self.mf, self.exp)
+        out = np.zeros((len(rows), NC))
+        _fine_weights(self.a2, self.slot, self.a2_zero, self.bins, self.k, rows, groups, self.wf,
+                      self.bf, self.mf, self.exp, out)
+        return out

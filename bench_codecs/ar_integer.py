@@ -247,7 +247,7 @@ class IntInference:
             acc = (a2 @ self.wf_all).view(n * NG, NF).index_select(0, rows) + self.bf.index_select(0, g)
         logits = (acc.float() * self.m["kf"].index_select(0, g)).add_(0.5).floor_()
         last = g == NG - 1
-        logits[last, NF - 1] = -1e9
+        logits[last, NF - 1] = -math.inf  # the value 256: below any logit
         out = torch.zeros((n, NC), dtype=torch.float64, device=self.device)
         d = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=D_MAX).long()
         out[:, :NF] = self.exp.index_select(0, d.view(-1)).view(d.shape)

@@ -109,14 +109,15 @@ def test_the_cpu_kernels_give_the_tensors_integers(which, request):
             fine = steps.fine(rows, groups)
             for grouped in (False, True):
                 assert np.array_equal(fine, t.fine(a2[rows], torch.from_numpy(groups), grouped).numpy())
-    # The requantisation alone, on every accumulator that gives an activation of 0..255 in every
-    # channel: float32 rounds some products up to a half (float64 arithmetic would not).
-    m = t.m["k1"]
-    acc = np.repeat(np.arange(-2, 256 / float(m.min()) + 2, dtype=np.float32)[:, None], len(m), 1)
-    with torch.inference_mode():
-        expected = t._requant(torch.from_numpy(acc.copy()), m).numpy()
-    ar_cpu._requant(acc, np.zeros((1, len(m)), np.float32), m.numpy())
-    assert np.array_equal(acc, expected)
+    # Both hidden layers' requantisation alone, on every accumulator that gives an activation of
+    # 0..255 in every channel: float32 rounds some products up to a half (float64 would not).
+    for m in (t.m["k1"], t.m["k2"]):
+        top = min(256 / float(m[m > 0].min()), 2**21)
+        acc = np.repeat(np.arange(-2, top + 2, dtype=np.float32)[:, None], len(m), 1)
+        with torch.inference_mode():
+            expected = t._requant(torch.from_numpy(acc.copy()), m).numpy()
+        ar_cpu._requant(acc, np.zeros((1, len(m)), np.float32), m.numpy())
+        assert np.array_equal(acc, expected)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
