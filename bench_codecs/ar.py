@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.metadata import version
 
-import numba
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
@@ -27,7 +27,6 @@ from bench import entropy
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
 from bench.learned import History, LearnedCodec, host_tensor, in_processes
 from bench_codecs import AR_LOSSY_LEVELS
-from bench_codecs.ar_cpu import StepNetwork
 from bench_codecs.ar_integer import IntInference, IntNet
 from bench_codecs.ar_model import (
     ARCH_VERSION,
@@ -44,6 +43,11 @@ from bench_codecs.ar_model import (
     quantiser,
     train,
 )
+
+try:
+    from bench_codecs.ar_cpu import StepNetwork
+except ImportError:  # no numba (a GPU image, a Python it has no wheel for): the CPU runs the tensors
+    StepNetwork = None
 
 # Images per pass of the encoder: on the CPU, a few images keep its intermediates in cache.
 CHUNK = {"cpu": 8, "cuda": 4096}
@@ -80,8 +84,9 @@ class ARCodec(LearnedCodec):
         self.levels = 256
         self.net: IntNet | None = None
         self.side_info = b""
-        # On the CPU the decoder's network runs in bench_codecs.ar_cpu's numba kernels.
-        kernels = f", numba {numba.__version__}" if torch.device(device).type == "cpu" else ""
+        # On the CPU the network runs in bench_codecs.ar_cpu's numba kernels, where numba is.
+        kernels = (f", numba {version('numba')}"
+                   if torch.device(device).type == "cpu" and StepNetwork is not None else "")
         self.library = f"torch {torch.__version__}{kernels}, {entropy.version()}"
         self._tensors: IntInference | None = None
 
@@ -317,8 +322,9 @@ def _blas() -> ThreadpoolController:
 
 
 def _on_host(t: IntInference) -> bool:
-    """The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's)."""
-    return t.device.type == "cpu" and t.dtype == torch.float32
+    """The compiled kernels run the CPU's float32 arithmetic; tensors run any other (CUDA's), and
+    the CPU's without numba: the same integers either way."""
+    return StepNetwork is not None and t.device.type == "cpu" and t.dtype == torch.float32
 
 
 class _TensorSteps:

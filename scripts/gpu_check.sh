@@ -35,9 +35,11 @@ export PYTHONPATH="$tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 import re, sys
 from importlib import metadata
 
-# The runtime and the test extra, but Ray: the GPU tests do not use it.
+# The runtime and the test extra, but Ray (the GPU tests do not use it) and numba (without it
+# the `ar` codecs run their tensors on the CPU too: the same bytes, slower, and their rows'
+# library column says so).
 needed = [r for r in metadata.requires("aecodec-bench")
-          if ("extra" not in r or 'extra == "test"' in r) and not r.startswith("ray")]
+          if ("extra" not in r or 'extra == "test"' in r) and not r.startswith(("ray", "numba"))]
 found, missing = [], []
 for req in needed:
     name = re.match(r"[A-Za-z0-9_.-]+", req).group()

@@ -9,8 +9,10 @@
 #     PYTHONPATH=/tmp/site scripts/gpu_check.sh
 #
 # The list is what scripts/gpu_check.sh found missing there: every other dependency (numpy,
-# scipy, pandas, scikit-image, scikit-learn, matplotlib, tabulate, tqdm, joblib, pytest,
-# pytest-benchmark, hypothesis) is in that image.
+# scipy, pandas, scikit-image, scikit-learn, threadpoolctl, matplotlib, tabulate, tqdm, joblib,
+# pytest, pytest-benchmark, hypothesis) is in that image. numba is left out: its compiler,
+# llvmlite, is a 60 MB wheel, more than a device run carries beside the others, and without it
+# the `ar` codecs run their tensors on the CPU (scripts/gpu_check.sh says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -80,6 +80,11 @@ def test_bytes_and_images_are_the_same_whatever_the_split_threads_or_arithmetic(
         codec._tensors = codec.net.to("cpu", torch.float64)  # the arithmetic that runs on CUDA
         assert list(codec.encode(x)) == reference
         assert np.array_equal(codec.decode(reference[:50]), expected[:50])
+        codec._tensors = one_thread
+        with monkeypatch.context() as m:
+            m.setattr(ar_codec, "StepNetwork", None)  # no numba: the CPU runs the tensors
+            assert list(codec.encode(x[:50])) == reference[:50]
+            assert np.array_equal(codec.decode(reference[:50]), expected[:50])
     finally:
         codec.inference_threads, codec._tensors = 1, one_thread
 
