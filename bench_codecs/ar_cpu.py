@@ -157,6 +157,8 @@ class StepNetwork:
         """(len(rows), NC) float64 weights of the fine symbols of the last step's rows (i * k + p)
         in coarse groups `groups` (0..15)."""
         out = np.zeros((len(rows), NC))
+        # One integer type whoever calls: one compiled version of the kernel.
+        rows, groups = (np.asarray(a, np.int64) for a in (rows, groups))
         _fine_weights(self.a2, self.slot, self.a2_zero, self.bins, self.k, rows, groups, self.wf,
                       self.bf, self.mf, self.exp, out)
         return out
