@@ -49,7 +49,8 @@ try:
 except ImportError:  # no numba (a GPU image, a Python it has no wheel for): the CPU runs the tensors
     StepNetwork = None
 
-# Images per pass of the encoder: on the CPU, a few images keep its intermediates in cache.
+# The encoder's pass, in 28x28 images' worth of pixels: on the CPU, a few images keep its
+# intermediates in cache.
 CHUNK = {"cpu": 8, "cuda": 4096}
 
 
@@ -328,8 +329,9 @@ def _on_host(t: IntInference) -> bool:
 
 
 class _TensorSteps:
-    """The decoder's network and image buffer as tensors on the codec's device (CUDA): per
-    wavefront step, coarse weights into the shared buffer, fine weights, and the decoded pixels."""
+    """The decoder's network and image buffer as tensors on the codec's device (CUDA, or the CPU
+    without numba): per wavefront step, coarse weights into the shared buffer, fine weights, and
+    the decoded pixels."""
 
     def __init__(self, codec: ARCodec, t: IntInference, g: Geometry, n: int, coarse: np.ndarray):
         self.codec, self.t, self.g, self.n, self.out = codec, t, g, n, coarse
