@@ -45,9 +45,9 @@ from bench_codecs.ar_model import (
 )
 
 try:
-    from bench_codecs.ar_cpu import StepNetwork
+    from bench_codecs.ar_cpu import HostSteps, StepNetwork
 except ImportError:  # no numba (a GPU image, a Python it has no wheel for): the CPU runs the tensors
-    StepNetwork = None
+    HostSteps = StepNetwork = None
 
 # The encoder's pass, in 28x28 images' worth of pixels: on the CPU, a few images keep its
 # intermediates in cache.
@@ -289,7 +289,11 @@ class ARCodec(LearnedCodec):
         coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))
         views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(widths)}
         rec_of = quantiser(self.levels)[1].astype(np.int64)
-        steps = (_HostSteps if _on_host(t) else _TensorSteps)(self, t, g, n, coarse)
+        if _on_host(t):
+            steps = HostSteps(t, self.net.levels.index(self.levels), self.levels == 256, g, coarse,
+                              _steps(*g.shape, "cpu"))
+        else:
+            steps = _TensorSteps(self, t, g, n, coarse)
         for s, k in enumerate(widths):
             steps.coarse(s)
             sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
@@ -358,31 +362,6 @@ class _TensorSteps:
         h, w = self.g.shape
         x = self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w]
         return x.to(torch.uint8).cpu().numpy()
-
-
-class _HostSteps:
-    """The same on the CPU, through bench_codecs.ar_cpu's compiled kernels: the same integers."""
-
-    def __init__(self, codec: ARCodec, t: IntInference, g: Geometry, n: int, coarse: np.ndarray):
-        self.g, self.n, self.out = g, n, coarse
-        self.net = StepNetwork(t, codec.net.levels.index(codec.levels), coarse.shape[2], codec.levels == 256,
-                               n, coarse.shape[1])
-        self.steps = [tuple(a.numpy() for a in step) for step in _steps(*g.shape, "cpu")]
-        self.x = np.zeros((n, g.pad_size), np.float32)
-
-    def coarse(self, s: int) -> None:
-        where, bins, _ = self.steps[s]
-        self.net.coarse(self.x, where, bins, self.out)
-
-    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        return self.net.fine(rows, groups)
-
-    def put(self, s: int, values: np.ndarray) -> None:
-        self.x[:, self.steps[s][2]] = values.reshape(self.n, -1)
-
-    def images(self) -> np.ndarray:
-        h, w = self.g.shape
-        return self.x.reshape(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].astype(np.uint8)
 
 
 class ARLossyCodec(ARCodec):

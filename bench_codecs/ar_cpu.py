@@ -1,5 +1,6 @@
-"""The `ar` decoder's network on the CPU: one wavefront step of every image of a batch as a few
-numba kernels around three float32 GEMMs, the same integers as bench_codecs.ar_integer's tensors.
+"""The `ar` codecs' network on the CPU: one wavefront step of every image of a batch (or every
+pixel of a few images, for the encoder) as a few numba kernels around three float32 GEMMs, the
+same integers as bench_codecs.ar_integer's tensors.
 
 Why. Decoding runs the network once per wavefront step (136 steps for a 28x28 image) on a few
 thousand rows. In eager PyTorch most of a step went to gathers and the elementwise requantisation,
@@ -20,7 +21,7 @@ import numba
 import numpy as np
 
 from bench_codecs.ar_integer import IntInference
-from bench_codecs.ar_model import NC
+from bench_codecs.ar_model import HALF, NC, ROWS, Geometry
 
 # Compiled once per machine and cached. The kernels take every constant as an argument or an
 # array's shape: numba's cache does not notice an edit to another module's constants.
@@ -162,3 +163,31 @@ class StepNetwork:
         _fine_weights(self.a2, self.slot, self.a2_zero, self.bins, self.k, rows, groups, self.wf,
                       self.bf, self.mf, self.exp, out)
         return out
+
+
+class HostSteps:
+    """What bench_codecs.ar's decoder runs on the CPU: the network of one level count and the
+    image buffer of n images of geometry g; per wavefront step (`steps`: the decoder's tensors of
+    each step's contexts, bins and pixels), coarse weights into the shared buffer `coarse`, fine
+    weights, and the decoded pixels."""
+
+    def __init__(self, t: IntInference, level_index: int, fine: bool, g: Geometry,
+                 coarse: np.ndarray, steps: list):
+        self.g, self.n, self.out = g, len(coarse), coarse
+        self.net = StepNetwork(t, level_index, coarse.shape[2], fine, len(coarse), coarse.shape[1])
+        self.steps = [tuple(a.numpy() for a in step) for step in steps]
+        self.x = np.zeros((self.n, g.pad_size), np.float32)
+
+    def coarse(self, s: int) -> None:
+        where, bins, _ = self.steps[s]
+        self.net.coarse(self.x, where, bins, self.out)
+
+    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        return self.net.fine(rows, groups)
+
+    def put(self, s: int, values: np.ndarray) -> None:
+        self.x[:, self.steps[s][2]] = values.reshape(self.n, -1)
+
+    def images(self) -> np.ndarray:
+        h, w = self.g.shape
+        return self.x.reshape(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].astype(np.uint8)
