@@ -27,7 +27,7 @@ from bench import entropy
 from bench.codec import CodecError, PayloadError, Payloads, TrainingData, check_images, payloads_to_decode
 from bench.learned import History, LearnedCodec, host_tensor, in_processes
 from bench_codecs import AR_LOSSY_LEVELS
-from bench_codecs.ar_integer import IntInference, IntNet
+from bench_codecs.ar_integer import IntInference, IntNet, TensorSteps, step_tensors
 from bench_codecs.ar_model import (
     ARCH_VERSION,
     BINS,
@@ -130,28 +130,16 @@ class ARCodec(LearnedCodec):
         with super().inference(), _blas().limit(limits=self.threads(), user_api="blas"):
             yield
 
+    def _level_index(self) -> int:
+        """Which of the network's level counts this codec codes with."""
+        return self.net.levels.index(self.levels)
+
     def _require_net(self) -> IntInference:
         if self._tensors is None:
             raise CodecError(f"{self.name} is not trained: call .fit(training_data) first")
         return self._tensors
 
     # -- the encoder side ----------------------------------------------------------------
-
-    def _network(self, t: IntInference, ctx: torch.Tensor, bins: torch.Tensor, activations: bool):
-        """Coarse weights of each pixel (and its activations, when asked for), from its context
-        (n, 17) and position bin: the network for live contexts, the lookup for all-zero ones."""
-        mi = self.net.levels.index(self.levels)
-        a2_zero, cw_zero = t.zero_context(mi, _coarse_width(self.levels))
-        # index_select / index_copy_ rather than advanced indexing: the same values, several
-        # times faster on the CPU. Contexts are >= 0, so a row is live when its sum is not 0.
-        live = torch.nonzero(ctx.sum(dim=1)).squeeze(1)
-        live_bins = bins.index_select(0, live)
-        a2_live = t.hidden(ctx.index_select(0, live), t.b1[mi].index_select(0, live_bins))
-        cw = cw_zero.index_select(0, bins)
-        cw.index_copy_(0, live, t.coarse(a2_live, cw.shape[1]))
-        if not activations:
-            return None, cw
-        return a2_zero.index_select(0, bins).index_copy_(0, live, a2_live), cw
 
     def _tables(self, images: np.ndarray):
         """Per chunk of images: (first image, probability weights (rows, K) float64, symbols
@@ -197,9 +185,9 @@ class ARCodec(LearnedCodec):
         n, (P, width) = len(flat), (len(where), _coarse_width(self.levels))
         if not _on_host(t):
             ctx = flat.index_select(1, where.view(-1)).view(n * P, -1)
-            a2, cw = self._network(t, ctx, bins.repeat(n), groups is not None)
+            a2, cw = t.network(ctx, bins.repeat(n), self._level_index(), width, groups is not None)
             return cw, None if groups is None else t.fine(a2.index_select(0, rows), groups, grouped=True)
-        net = StepNetwork(t, self.net.levels.index(self.levels), width, groups is not None, n, P)
+        net = StepNetwork(t, self._level_index(), width, groups is not None, n, P)
         coarse = np.empty((n, P, width))
         net.coarse(flat.numpy(), where.numpy(), bins.numpy(), coarse)
         cw = torch.from_numpy(coarse.reshape(n * P, width))
@@ -289,11 +277,9 @@ class ARCodec(LearnedCodec):
         coarse = np.zeros((n, int(widths.max()), _coarse_width(self.levels)))
         views = {k: [coarse[i, :k] for i in range(n)] for k in np.unique(widths)}
         rec_of = quantiser(self.levels)[1].astype(np.int64)
-        if _on_host(t):
-            steps = HostSteps(t, self.net.levels.index(self.levels), self.levels == 256, g, coarse,
-                              _steps(*g.shape, "cpu"))
-        else:
-            steps = _TensorSteps(self, t, g, n, coarse)
+        runner = HostSteps if _on_host(t) else TensorSteps
+        steps = runner(t, self._level_index(), self.levels == 256, g, coarse,
+                       step_tensors(*g.shape, str(t.device)))
         for s, k in enumerate(widths):
             steps.coarse(s)
             sym = entropy.decode_each(decoders, views[k], self.name, range(first, first + n))
@@ -332,38 +318,6 @@ def _on_host(t: IntInference) -> bool:
     return StepNetwork is not None and t.device.type == "cpu" and t.dtype == torch.float32
 
 
-class _TensorSteps:
-    """The decoder's network and image buffer as tensors on the codec's device (CUDA, or the CPU
-    without numba): per wavefront step, coarse weights into the shared buffer, fine weights, and
-    the decoded pixels."""
-
-    def __init__(self, codec: ARCodec, t: IntInference, g: Geometry, n: int, coarse: np.ndarray):
-        self.codec, self.t, self.g, self.n, self.out = codec, t, g, n, coarse
-        self.steps = _steps(*g.shape, str(t.device))
-        self.x = torch.zeros((n, g.pad_size), dtype=t.dtype, device=t.device)
-
-    def coarse(self, s: int) -> None:
-        where, bins, at = self.steps[s]
-        k = len(at)
-        ctx = self.x.index_select(1, where.view(-1)).view(self.n * k, -1)
-        self.a2, cw = self.codec._network(self.t, ctx, bins.repeat(self.n), self.codec.levels == 256)
-        self.out[:, :k] = cw.view(self.n, k, -1).cpu().numpy()
-
-    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        dev = self.t.device
-        return self.t.fine(self.a2.index_select(0, torch.from_numpy(rows).to(dev)),
-                           torch.from_numpy(groups).to(dev).long(), grouped=False).cpu().numpy()
-
-    def put(self, s: int, values: np.ndarray) -> None:
-        at = self.steps[s][2]
-        self.x.index_copy_(1, at, torch.from_numpy(values).to(self.x).view(self.n, len(at)))
-
-    def images(self) -> np.ndarray:
-        h, w = self.g.shape
-        x = self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w]
-        return x.to(torch.uint8).cpu().numpy()
-
-
 class ARLossyCodec(ARCodec):
     """`ar-lossy:levels=L`: each pixel quantised to L levels (0 and 255 exact), the bins coded by
     one model trained on a mixture of every level count, conditioned on the count."""
@@ -375,15 +329,6 @@ class ARLossyCodec(ARCodec):
                  device: str = "cpu"):
         super().__init__(width, epochs, seed, device)
         self.levels = levels
-
-
-@lru_cache(maxsize=8)
-def _steps(h: int, w: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per wavefront step of an h x w image, on `device`: where its pixels' contexts are in the
-    padded image (k, 17), their position bins and where the pixels themselves are."""
-    g = geometry(h, w)
-    return [tuple(torch.from_numpy(a).to(device) for a in (g.base[idx, None] + g.context, g.bins[idx],
-                                                           g.at[idx])) for idx in g.steps]
 
 
 # -- worker processes: a receiver per network, built from the side information -------------------

@@ -166,10 +166,8 @@ class StepNetwork:
 
 
 class HostSteps:
-    """What bench_codecs.ar's decoder runs on the CPU: the network of one level count and the
-    image buffer of n images of geometry g; per wavefront step (`steps`: the decoder's tensors of
-    each step's contexts, bins and pixels), coarse weights into the shared buffer `coarse`, fine
-    weights, and the decoded pixels."""
+    """bench_codecs.ar_integer.TensorSteps on the CPU, through the kernels: the same integers.
+    `steps`: ar_integer.step_tensors on the CPU."""
 
     def __init__(self, t: IntInference, level_index: int, fine: bool, g: Geometry,
                  coarse: np.ndarray, steps: list):

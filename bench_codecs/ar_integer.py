@@ -1,6 +1,7 @@
 """The integer network of the `ar` codecs: the float model (bench_codecs.ar_model) exported to
 int8 weights (per output channel), uint8 activations and integer biases, its serialisation (the
-side information a receiver needs), and its inference.
+side information a receiver needs), and its inference as tensors (CUDA; the CPU runs the same
+integers in bench_codecs.ar_cpu), with the decoder's per-step runner.
 
 Why integers. The decoder must rebuild bit for bit the probability tables the encoder used, and
 float network outputs differ across batch sizes, thread counts and devices. Matmuls run in float32
@@ -21,12 +22,27 @@ from __future__ import annotations
 import decimal
 import math
 import struct
+from functools import lru_cache
 
 import numpy as np
 import torch
 
 from bench.codec import MAX_SIDE, CodecError
-from bench_codecs.ar_model import BINS, LEVELS, N_CTX, NC, NF, NG, RECIPE, T_LOGIT, ARNet
+from bench_codecs.ar_model import (
+    BINS,
+    HALF,
+    LEVELS,
+    N_CTX,
+    NC,
+    NF,
+    NG,
+    RECIPE,
+    ROWS,
+    T_LOGIT,
+    ARNet,
+    Geometry,
+    geometry,
+)
 
 EXP_BITS = 20
 D_MAX = int(math.floor(T_LOGIT * math.log(2 ** (EXP_BITS + 1))))  # EXP[D_MAX] = 1
@@ -254,6 +270,22 @@ class IntInference:
         out[last, NF - 1] = 0.0
         return out
 
+    def network(self, ctx: torch.Tensor, bins: torch.Tensor, mi: int, k: int, activations: bool):
+        """Coarse weights (n, k) of each pixel at level index mi (and its activations, when asked
+        for), from its context (n, 17) and position bin: the network for live contexts, the
+        lookup for all-zero ones."""
+        a2_zero, cw_zero = self.zero_context(mi, k)
+        # index_select / index_copy_ rather than advanced indexing: the same values, several
+        # times faster on the CPU. Contexts are >= 0, so a row is live when its sum is not 0.
+        live = torch.nonzero(ctx.sum(dim=1)).squeeze(1)
+        live_bins = bins.index_select(0, live)
+        a2_live = self.hidden(ctx.index_select(0, live), self.b1[mi].index_select(0, live_bins))
+        cw = cw_zero.index_select(0, bins)
+        cw.index_copy_(0, live, self.coarse(a2_live, k))
+        if not activations:
+            return None, cw
+        return a2_zero.index_select(0, bins).index_copy_(0, live, a2_live), cw
+
     def zero_context(self, mi: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Activations and coarse weights of each position bin when the whole context is 0 (57 %
         of MNIST pixels), at the model's level index mi: computed once by the same network, then
@@ -263,3 +295,48 @@ class IntInference:
             a2 = self.hidden(zeros, self.b1[mi])
             self.zero[mi] = a2, self.coarse(a2, k)
         return self.zero[mi]
+
+
+@lru_cache(maxsize=8)
+def step_tensors(h: int, w: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per wavefront step of an h x w image, on `device`: where its pixels' contexts are in the
+    padded image (k, 17), their position bins and where the pixels themselves are."""
+    g = geometry(h, w)
+    return [tuple(torch.from_numpy(a).to(device) for a in (g.base[idx, None] + g.context, g.bins[idx],
+                                                           g.at[idx])) for idx in g.steps]
+
+
+class TensorSteps:
+    """What bench_codecs.ar's decoder runs with tensors (CUDA, or the CPU without numba; the CPU
+    otherwise runs bench_codecs.ar_cpu.HostSteps, the same integers): the network at level index
+    mi and the image buffer of the batch of images of geometry g; per wavefront step (`steps`:
+    step_tensors), coarse weights into the shared buffer `coarse` (n, k_max, K), fine weights,
+    and the decoded pixels."""
+
+    def __init__(self, t: IntInference, mi: int, fine: bool, g: Geometry, coarse: np.ndarray,
+                 steps: list):
+        self.t, self.mi, self.activations, self.g, self.out = t, mi, fine, g, coarse
+        self.n, self.steps = len(coarse), steps
+        self.x = torch.zeros((self.n, g.pad_size), dtype=t.dtype, device=t.device)
+
+    def coarse(self, s: int) -> None:
+        where, bins, at = self.steps[s]
+        k = len(at)
+        ctx = self.x.index_select(1, where.view(-1)).view(self.n * k, -1)
+        self.a2, cw = self.t.network(ctx, bins.repeat(self.n), self.mi, self.out.shape[2],
+                                         self.activations)
+        self.out[:, :k] = cw.view(self.n, k, -1).cpu().numpy()
+
+    def fine(self, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        dev = self.t.device
+        return self.t.fine(self.a2.index_select(0, torch.from_numpy(rows).to(dev)),
+                           torch.from_numpy(groups).to(dev).long(), grouped=False).cpu().numpy()
+
+    def put(self, s: int, values: np.ndarray) -> None:
+        at = self.steps[s][2]
+        self.x.index_copy_(1, at, torch.from_numpy(values).to(self.x).view(self.n, len(at)))
+
+    def images(self) -> np.ndarray:
+        h, w = self.g.shape
+        x = self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w]
+        return x.to(torch.uint8).cpu().numpy()

@@ -100,13 +100,12 @@ def test_the_cpu_kernels_give_the_tensors_integers(which, request):
     x[: n // 3] = 0  # all-zero contexts take the lookup
     where, bins = np.arange(x.shape[1]).reshape(k, -1), rng.integers(0, ar_model.BINS**2, k)
     width = ar_codec._coarse_width(codec.levels)
-    steps = ar_cpu.StepNetwork(t, codec.net.levels.index(codec.levels), width, which == "lossless",
-                               n, k)
+    steps = ar_cpu.StepNetwork(t, codec._level_index(), width, which == "lossless", n, k)
     coarse = np.zeros((n, k, width))
     with codec.inference():
         steps.coarse(x, where, bins, coarse)
-        a2, expected = codec._network(t, torch.from_numpy(x).view(n * k, -1),
-                                      torch.from_numpy(bins).repeat(n), which == "lossless")
+        a2, expected = t.network(torch.from_numpy(x).view(n * k, -1), torch.from_numpy(bins).repeat(n),
+                                 codec._level_index(), width, which == "lossless")
         assert np.array_equal(coarse.reshape(n * k, -1), expected.numpy())
         if which == "lossless":
             rows = np.sort(rng.choice(n * k, 900, replace=False))
