@@ -60,16 +60,36 @@ def _indexed(fn, i, job, shared):
 
 
 def _joblib(fn, jobs, shared, n_jobs, done) -> None:
-    from joblib import Parallel, delayed
+    from concurrent.futures import as_completed
+
+    from joblib import cpu_count
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
+    pool = worker_pool(cpu_count() if n_jobs == -1 else n_jobs)
+    futures = {pool.submit(fn, job, shared): i for i, job in enumerate(jobs)}
     try:
-        for i, result in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                delayed(_indexed)(fn, i, job, shared) for i, job in enumerate(jobs)):
-            done(i, result)
+        for future in as_completed(futures):
+            done(futures[future], future.result())
     except TerminatedWorkerError as exc:
         raise BenchError(f"a worker process died ({str(exc).splitlines()[0][:160]}); the jobs "
                          "that finished are cached: rerun to continue") from None
+    except BaseException:  # Ctrl-C, say: stop the jobs still running, as joblib.Parallel does
+        pool.shutdown(wait=False, kill_workers=True)
+        raise
+
+
+def worker_pool(workers: int):
+    """joblib's reusable pool of local worker processes (loky), with the thread limits that
+    joblib.Parallel gives its workers (BLAS and OpenMP: the cores shared out between them). The
+    run's jobs and a learned codec's coding processes ask for it alike, so its processes start
+    once per run: a pool asked for with other arguments replaces them, which cost the throughput
+    phase 3 s here (a new process imports PyTorch again). Arguments are pickled, never
+    memory-mapped: no temporary files to clean up."""
+    from joblib.executor import get_memmapping_executor
+    from joblib.parallel import LokyBackend
+
+    return get_memmapping_executor(workers, max_nbytes=None,
+                                   env=LokyBackend()._prepare_worker_env(n_jobs=workers))
 
 
 def ray_address(explicit: str | None) -> str | None:

@@ -68,16 +68,17 @@ MIN_PART = 128  # images per worker process below which splitting a batch costs 
 
 
 def in_processes(fn: Callable, parts: list[tuple]) -> list:
-    """[fn(*part) for part in parts], each part in a worker process of joblib's reusable loky pool
-    (processes start once per run), concurrently. Submitted to the pool's executor directly:
-    joblib.Parallel polls for results every 10 ms, which cost 8-9 ms a call here. Arguments are
-    pickled, never memory-mapped (no temporary files to clean up after a call)."""
+    """[fn(*part) for part in parts], each part in a worker process of the run's pool (one per
+    core, started once per run: bench.executor.worker_pool), concurrently. Submitted to the pool
+    directly: joblib.Parallel polls for results every 10 ms, which cost 8-9 ms a call here."""
     if len(parts) == 1:
         return [fn(*parts[0])]
-    from joblib.executor import get_memmapping_executor
+    from joblib import cpu_count
 
-    executor = get_memmapping_executor(len(parts), max_nbytes=None)
-    return [future.result() for future in [executor.submit(fn, *part) for part in parts]]
+    from bench.executor import worker_pool
+
+    pool = worker_pool(max(cpu_count(), len(parts)))
+    return [future.result() for future in [pool.submit(fn, *part) for part in parts]]
 
 
 @contextmanager

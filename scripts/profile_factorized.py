@@ -2,11 +2,13 @@
 
     .venv/bin/python scripts/profile_factorized.py                 # qualities 2 and 6, 1 epoch
     .venv/bin/python scripts/profile_factorized.py --epochs 36 --rounds 15 --cache /tmp/fcache
+    .venv/bin/python scripts/profile_factorized.py --cache ~/.cache/aecodec-bench --epochs 0
 
-Fits (or loads from --cache) the model on the mnist-5k training split, then codes the 1,000 test
-digits. Every measurement is interleaved round by round with the others (so a burst of load on
-this shared machine hits them alike) and reported as the median over --rounds rounds, with JPEG's
-encode and decode of the same images in the same rounds: compare ratios, not raw numbers.
+Fits (or loads from --cache; --epochs 0: the default recipe) the model on the mnist-5k training
+split, then codes the 1,000 test digits. Every measurement is interleaved round by round with the
+others (so a burst of load on this shared machine hits them alike) and reported as the median over
+--rounds rounds, with JPEG's encode and decode of the same images in the same rounds: compare
+ratios, not raw numbers.
 
 Stages (in this process): analysis (uint8 images -> integer latents), coder encode (latents ->
 payload bytes), coder decode (bytes -> latents), synthesis (latents -> uint8 images). Encode and
@@ -71,7 +73,7 @@ def interleaved(jobs: dict, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qualities", default="2,6")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (0: the default)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads (the runner sets 1 per job)")
     parser.add_argument("--cache", default=None, help="model cache dir (default: a temporary one)")
@@ -94,7 +96,8 @@ def main() -> None:
     codecs = {}
     for quality in map(int, args.qualities.split(",")):
         start = time.perf_counter()
-        codec = get_codec(f"factorized:quality={quality}:epochs={args.epochs}").fit(training)
+        epochs = f":epochs={args.epochs}" if args.epochs else ""
+        codec = get_codec(f"factorized:quality={quality}{epochs}").fit(training)
         fit = time.perf_counter() - start
         codecs[quality] = codec
         for name, fn in stages(codec, images).items():
