@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -243,7 +242,7 @@ def _verdict_options(args):
 
 
 def _backend(args):
-    from bench.executor import BACKENDS, Backend, check_reachable, ray_address, require_ray
+    from bench.executor import BACKENDS, Backend, check_reachable, cores, ray_address, require_ray
 
     try:
         jobs = -1 if args.jobs == "auto" else int(args.jobs)
@@ -252,7 +251,7 @@ def _backend(args):
     if jobs == 0 or jobs < -1:
         raise BenchError(f"--jobs: bad value {args.jobs!r}; it must be a whole number of worker "
                          "processes, 1 or more, or -1 or auto for one per core")
-    if jobs == -1 and (os.cpu_count() or 1) == 1:
+    if jobs == -1 and cores() == 1:
         jobs = 1
     name = args.backend or ("joblib" if jobs != 1 else "serial")
     if name not in BACKENDS:

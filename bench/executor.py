@@ -4,6 +4,7 @@ the same results; only throughput, timed afterwards in the main process, is not 
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -62,12 +63,12 @@ def _indexed(fn, i, job, shared):
 def _joblib(fn, jobs, shared, n_jobs, done) -> None:
     from concurrent.futures import as_completed
 
-    from joblib import cpu_count
+    from joblib import effective_n_jobs
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    pool = worker_pool(cpu_count() if n_jobs == -1 else n_jobs)
-    futures = {pool.submit(fn, job, shared): i for i, job in enumerate(jobs)}
+    pool = worker_pool(effective_n_jobs(n_jobs))
     try:
+        futures = {pool.submit(fn, job, shared): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             done(futures[future], future.result())
     except TerminatedWorkerError as exc:
@@ -79,17 +80,30 @@ def _joblib(fn, jobs, shared, n_jobs, done) -> None:
 
 
 def worker_pool(workers: int):
-    """joblib's reusable pool of local worker processes (loky), with the thread limits that
-    joblib.Parallel gives its workers (BLAS and OpenMP: the cores shared out between them). The
-    run's jobs and a learned codec's coding processes ask for it alike, so its processes start
-    once per run: a pool asked for with other arguments replaces them, which cost the throughput
-    phase 3 s here (a new process imports PyTorch again). Arguments are pickled, never
-    memory-mapped: no temporary files to clean up."""
+    """joblib's reusable pool of local worker processes (loky), as joblib.Parallel configures it:
+    the same thread limits (BLAS and OpenMP: the cores shared out between the workers; float
+    results depend on them) and the same memory-mapping of large arrays. The run's jobs (one
+    worker per core by default) and a learned codec's coding processes (one per core) ask for it
+    alike, so the processes start once per run: a pool asked for with other arguments replaces
+    the one there, which cost the throughput phase 3 s here (a new process imports PyTorch)."""
     from joblib.executor import get_memmapping_executor
+
+    return get_memmapping_executor(workers, env=_worker_env(workers))
+
+
+@functools.cache
+def cores() -> int:
+    """The CPU cores this process may use (joblib's count: it heeds cgroup quotas and affinity)."""
+    from joblib import cpu_count
+
+    return cpu_count()
+
+
+@functools.cache
+def _worker_env(workers: int) -> dict[str, str]:
     from joblib.parallel import LokyBackend
 
-    return get_memmapping_executor(workers, max_nbytes=None,
-                                   env=LokyBackend()._prepare_worker_env(n_jobs=workers))
+    return LokyBackend()._prepare_worker_env(n_jobs=workers)
 
 
 def ray_address(explicit: str | None) -> str | None:

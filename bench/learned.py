@@ -12,7 +12,6 @@ import importlib
 import json
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from torch import nn
 
 from bench.cache import atomic_write, default_cache_dir, digest
 from bench.codec import Codec, CodecError, TrainingData, check_images
+from bench.executor import cores, worker_pool
 
 CACHE_FORMAT = 3  # the checkpoint layout; bump when it changes
 BF16_MAX_PSNR_DELTA_DB = 0.05  # bf16 inference is used only when it moves PSNR by at most this
@@ -68,16 +68,13 @@ MIN_PART = 128  # images per worker process below which splitting a batch costs 
 
 
 def in_processes(fn: Callable, parts: list[tuple]) -> list:
-    """[fn(*part) for part in parts], each part in a worker process of the run's pool (one per
-    core, started once per run: bench.executor.worker_pool), concurrently. Submitted to the pool
-    directly: joblib.Parallel polls for results every 10 ms, which cost 8-9 ms a call here."""
+    """[fn(*part) for part in parts], each part in a worker process, concurrently: the run's pool
+    (bench.executor.worker_pool), whose processes ran the jobs and start once per run. Submitted
+    to the pool directly: joblib.Parallel polls for results every 10 ms, which cost 8-9 ms a call
+    here. An array argument over 1 MB arrives memory-mapped, read-only."""
     if len(parts) == 1:
         return [fn(*parts[0])]
-    from joblib import cpu_count
-
-    from bench.executor import worker_pool
-
-    pool = worker_pool(max(cpu_count(), len(parts)))
+    pool = worker_pool(max(cores(), len(parts)))
     return [future.result() for future in [pool.submit(fn, *part) for part in parts]]
 
 
@@ -233,7 +230,7 @@ class LearnedCodec(Codec):
         """How many processes code a batch of `images` on the CPU."""
         if self.device != "cpu" or multiprocessing.parent_process() is not None:
             return 1
-        return max(1, min(self.inference_processes or os.cpu_count() or 1, images // MIN_PART))
+        return max(1, min(self.inference_processes or cores(), images // MIN_PART))
 
     @contextmanager
     def inference(self) -> Iterator[None]:

@@ -83,23 +83,29 @@ def test_a_worker_that_dies_is_a_clear_error():
     assert execute(_die_on_two, [1, 3], 10, Backend("joblib", 2), lambda i, r: None) == [10, 30]
 
 
-def _pid_after(seconds, *_):
-    time.sleep(seconds)
+def _pid_once_all_started(barrier, *_):
+    barrier.wait(timeout=60)  # every worker holds one task: each reports its own process
     return os.getpid()
 
 
 def test_the_jobs_and_a_codecs_coding_processes_share_one_pool_of_workers():
-    """Processes started for the jobs are the ones a learned codec then codes in: a pool asked
-    for with other arguments would replace them (a new process imports PyTorch again)."""
-    from joblib import cpu_count
+    """The processes started for the jobs (one per core) are the ones a learned codec codes in:
+    a pool asked for with other arguments would replace them (new processes import PyTorch)."""
+    import multiprocessing
 
+    from bench.executor import cores
     from bench.learned import in_processes
 
-    if cpu_count() < 2:
+    n = cores()
+    if n < 2:
         pytest.skip("one core: no worker processes")
-    job_pids = execute(_pid_after, [0.2] * 4, None, Backend("joblib", -1), lambda i, r: None)
-    coding_pids = in_processes(_pid_after, [(0.5,)] * 2)
-    assert set(coding_pids) & set(job_pids)  # a replaced pool has none of the jobs' processes
+    with multiprocessing.Manager() as manager:
+        barrier = manager.Barrier(n)
+        job_pids = execute(_pid_once_all_started, [barrier] * n, None, Backend("joblib", -1),
+                           lambda i, r: None)
+        coding_pids = in_processes(_pid_once_all_started, [(barrier,)] * n)
+    assert len(set(job_pids)) == n
+    assert set(coding_pids) == set(job_pids)
 
 
 def test_a_failing_job_is_named_the_run_finishes_the_others_and_exits_1(tmp_path):
