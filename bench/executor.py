@@ -80,15 +80,16 @@ def _joblib(fn, jobs, shared, n_jobs, done) -> None:
 
 
 def worker_pool(workers: int):
-    """joblib's reusable pool of local worker processes (loky), as joblib.Parallel configures it:
-    the same thread limits (BLAS and OpenMP: the cores shared out between the workers; float
-    results depend on them) and the same memory-mapping of large arrays. The run's jobs (one
-    worker per core by default) and a learned codec's coding processes (one per core) ask for it
-    alike, so the processes start once per run: a pool asked for with other arguments replaces
-    the one there, which cost the throughput phase 3 s here (a new process imports PyTorch)."""
+    """joblib's reusable pool of local worker processes (loky), with the thread limits that
+    joblib.Parallel gives its workers (BLAS and OpenMP: the cores shared out between them; float
+    results depend on them). The run's jobs (one worker per core by default) and a learned codec's
+    coding processes (one per core) ask for it alike, so the processes start once per run: a pool
+    asked for with other arguments replaces the one there, which cost the throughput phase 3 s
+    here (a new process imports PyTorch). Arguments are pickled, never memory-mapped: a pool used
+    outside joblib.Parallel would leave its temporary files behind (and a warning at exit)."""
     from joblib.executor import get_memmapping_executor
 
-    return get_memmapping_executor(workers, env=_worker_env(workers))
+    return get_memmapping_executor(workers, max_nbytes=None, env=_worker_env(workers))
 
 
 @functools.cache

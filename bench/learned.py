@@ -71,7 +71,7 @@ def in_processes(fn: Callable, parts: list[tuple]) -> list:
     """[fn(*part) for part in parts], each part in a worker process, concurrently: the run's pool
     (bench.executor.worker_pool), whose processes ran the jobs and start once per run. Submitted
     to the pool directly: joblib.Parallel polls for results every 10 ms, which cost 8-9 ms a call
-    here. An array argument over 1 MB arrives memory-mapped, read-only."""
+    here."""
     if len(parts) == 1:
         return [fn(*parts[0])]
     pool = worker_pool(max(cores(), len(parts)))

@@ -70,7 +70,7 @@ class QualityJob:
 
 @dataclass(frozen=True)
 class JobInputs:
-    """What every quality job reads (its arrays reach worker processes memory-mapped: written once)."""
+    """What every quality job reads (pickled with each job that a worker process runs)."""
 
     train: np.ndarray
     validation: np.ndarray
