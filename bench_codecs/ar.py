@@ -158,9 +158,12 @@ class ARCodec(LearnedCodec):
             n, P = len(x), g.pixels
             q = q_of[x].reshape(n, P)[:, g.order].reshape(-1)
             flat = g.padded(rec_of[q_of[x]].to(t.dtype))
-            nzi = torch.nonzero(q).squeeze(1) if lossless else None
-            q_nz = q.index_select(0, nzi) if lossless else None
-            cw, fine = self._all_weights(t, flat, where, bins, (q_nz - 1) // NF if lossless else None, nzi)
+            nzi = groups = None
+            if lossless:  # the pixels that are not 0 have a fine symbol, in their coarse group
+                nzi = torch.nonzero(q).squeeze(1)
+                q_nz = q.index_select(0, nzi)
+                groups = (q_nz - 1) // NF
+            cw, fine = self._all_weights(t, flat, where, bins, groups, nzi)
             # Fresh arrays, so C-contiguous: constriction silently misreads any other layout.
             if not lossless:
                 yield s, cw.cpu().numpy(), q.int().cpu().numpy(), np.arange(n + 1) * P

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from bench_codecs.ar_integer import IntInference
-from bench_codecs.ar_model import HALF, NC, ROWS, Geometry
+from bench_codecs.ar_model import NC, Geometry
 
 # Compiled once per machine and cached. The kernels take every constant as an argument or an
 # array's shape: numba's cache does not notice an edit to another module's constants.
@@ -187,5 +187,4 @@ class HostSteps:
         self.x[:, self.steps[s][2]] = values.reshape(self.n, -1)
 
     def images(self) -> np.ndarray:
-        h, w = self.g.shape
-        return self.x.reshape(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w].astype(np.uint8)
+        return self.g.unpadded(self.x).astype(np.uint8)

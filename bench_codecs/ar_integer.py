@@ -30,14 +30,12 @@ import torch
 from bench.codec import MAX_SIDE, CodecError
 from bench_codecs.ar_model import (
     BINS,
-    HALF,
     LEVELS,
     N_CTX,
     NC,
     NF,
     NG,
     RECIPE,
-    ROWS,
     T_LOGIT,
     ARNet,
     Geometry,
@@ -337,6 +335,4 @@ class TensorSteps:
         self.x.index_copy_(1, at, torch.from_numpy(values).to(self.x).view(self.n, len(at)))
 
     def images(self) -> np.ndarray:
-        h, w = self.g.shape
-        x = self.x.view(self.n, h + ROWS, self.g.pad_w)[:, ROWS:, HALF:HALF + w]
-        return x.to(torch.uint8).cpu().numpy()
+        return self.g.unpadded(self.x).to(torch.uint8).cpu().numpy()

@@ -78,6 +78,11 @@ class Geometry:
         out[:, ROWS:, HALF:HALF + w] = images
         return out.view(len(images), -1)
 
+    def unpadded(self, flat):
+        """`padded` undone: (N, pad_size) flat images, a tensor or an array -> (N, h, w) views."""
+        h, w = self.shape
+        return flat.reshape(len(flat), h + ROWS, self.pad_w)[:, ROWS:, HALF:HALF + w]
+
 
 @lru_cache(maxsize=32)
 def geometry(h: int, w: int) -> Geometry:
